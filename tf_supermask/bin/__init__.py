@@ -1,0 +1,1 @@
+"""Thin absl binaries over the library."""

@@ -1,0 +1,7 @@
+"""Masked layers, mask modes and initializers."""
+
+from tf_supermask.layers.initializers import INITIALIZERS, VarianceScaled, get_initializer
+from tf_supermask.layers.masked import (MaskedConv2D, MaskedDense, MaskedLayer, get_masks,
+                                        masked_layers, nonaffine_batchnorm, set_masks,
+                                        weights_remaining)
+from tf_supermask.layers.masks import MASK_MODES, kept_count, topk_binary_mask

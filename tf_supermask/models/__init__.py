@@ -1,0 +1,6 @@
+"""Model builders, registered by name; every model works in every mask mode."""
+
+from tf_supermask.models.builder import MODELS, MaskOptions, build_model
+from tf_supermask.models import convnets  # noqa: F401  (registers fc, conv2..conv8)
+
+__all__ = ["MODELS", "MaskOptions", "build_model"]

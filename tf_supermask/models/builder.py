@@ -1,0 +1,110 @@
+"""Shared pieces of the model builders: mask options and the registry."""
+
+import dataclasses
+from typing import Optional
+
+import keras
+
+from tf_supermask.layers import MaskedConv2D, MaskedDense, nonaffine_batchnorm
+from tf_supermask.layers.initializers import get_initializer
+from tf_supermask.registry import Registry
+
+MODELS = Registry("model")
+
+BATCHNORMS = ("none", "nonaffine", "affine")
+
+
+@dataclasses.dataclass
+class MaskOptions:
+    """How every masked layer of a model is built.
+
+    Attributes:
+      mask: mask mode ("dense", "bernoulli", "topk", "fixed").
+      k: fraction of weights kept per layer ("topk"), in (0, 1].
+      init: registered weight initializer.
+      score_init: registered score initializer ("bernoulli" / "topk").
+      scale_fan: scale the initializer's fan by k (edge-popup's option).
+      rescale: dynamic weight rescaling (#weights / #kept).
+      train_weights: kernels train (None: the mode's default).
+      use_bias: layers have biases (None: only where weights train).
+      eval_sample: "bernoulli": sample the mask at evaluation.
+      batchnorm: "none", "nonaffine" (edge-popup) or "affine", after hidden layers.
+      width: width multiplier of hidden layers.
+      seed: base seed; layer i draws its weights, scores and samples from seed + i.
+    """
+
+    mask: str = "dense"
+    k: float = 0.5
+    init: str = "kaiming_normal"
+    score_init: Optional[str] = None
+    scale_fan: bool = False
+    rescale: bool = False
+    train_weights: Optional[bool] = None
+    use_bias: Optional[bool] = None
+    eval_sample: bool = False
+    batchnorm: str = "none"
+    width: float = 1.0
+    seed: int = 0
+
+    def __post_init__(self):
+        if not 0.0 < float(self.k) <= 1.0:
+            raise ValueError(f"k is the fraction of weights kept and must be in (0, 1], got {self.k}")
+        if self.batchnorm not in BATCHNORMS:
+            raise ValueError(f"batchnorm must be one of {BATCHNORMS}, got {self.batchnorm!r}")
+        if self.width <= 0:
+            raise ValueError(f"width must be positive, got {self.width}")
+        self._index = 0
+
+    def scaled(self, channels):
+        """A hidden layer's width under the width multiplier (at least 1)."""
+        return max(1, int(round(channels * self.width)))
+
+    def _layer_kwargs(self, activation):
+        from tf_supermask.layers.masks import MASK_MODES
+
+        mode = MASK_MODES.get(self.mask)
+        seed = self.seed * 1000 + self._index
+        self._index += 1
+        train_weights = mode.default_train_weights if self.train_weights is None else self.train_weights
+        use_bias = train_weights if self.use_bias is None else self.use_bias
+        fan_scale = self.k if self.scale_fan else 1.0
+        score_init = self.score_init or ("uniform" if self.mask == "bernoulli" else "kaiming_uniform")
+        return dict(mask=self.mask, k=self.k, rescale=self.rescale, train_weights=train_weights,
+                    use_bias=use_bias, eval_sample=self.eval_sample, seed=seed,
+                    kernel_initializer=get_initializer(self.init, seed=seed, fan_scale=fan_scale),
+                    score_initializer=get_initializer(score_init, seed=seed + 500),
+                    activation=activation)
+
+    def dense(self, units, activation=None, name=None):
+        """A masked Dense layer with the next per-layer seed."""
+        return MaskedDense(units, name=name, **self._layer_kwargs(activation))
+
+    def conv(self, filters, kernel_size=3, strides=1, activation=None, name=None, groups=1):
+        """A masked Conv2D layer (same padding) with the next per-layer seed."""
+        return MaskedConv2D(filters, kernel_size, strides=strides, padding="same", groups=groups,
+                            name=name, **self._layer_kwargs(activation))
+
+    def norm(self, name=None):
+        """The configured BatchNorm layer, or None."""
+        if self.batchnorm == "nonaffine":
+            return nonaffine_batchnorm(name=name)
+        if self.batchnorm == "affine":
+            return keras.layers.BatchNormalization(name=name)
+        return None
+
+
+def build_model(name, input_shape, num_classes, options=None):
+    """Builds the registered model `name` for inputs of `input_shape` (H, W, C).
+
+    Args:
+      name: registered model name (see ``MODELS.names()``).
+      input_shape: shape of one example, channels last.
+      num_classes: number of output logits.
+      options: a ``MaskOptions``; defaults to the dense baseline.
+
+    Returns:
+      A built ``keras.Model`` producing logits.
+    """
+    builder = MODELS.get(name)
+    options = dataclasses.replace(options or MaskOptions())
+    return builder(tuple(input_shape), int(num_classes), options)

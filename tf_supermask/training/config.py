@@ -1,0 +1,108 @@
+"""The configuration of one training run (the flags of tf-supermask-train)."""
+
+import dataclasses
+
+from tf_supermask.config import option
+
+MASKS = ("dense", "bernoulli", "topk", "fixed")
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Everything that defines a dense or supermask training run."""
+
+    # Model and mask.
+    model: str = option("fc", "Registered model: fc, conv2, conv4, conv6, conv8.")
+    mask: str = option("dense", "Mask mode: dense (baseline), bernoulli (Zhou et al.), topk "
+                       "(edge-popup), fixed (a given mask).", MASKS)
+    k: float = option(0.5, "Fraction of weights KEPT per layer by the topk mask, in (0, 1].")
+    init: str = option("kaiming_normal", "Weight initializer: glorot_normal, glorot_uniform, "
+                       "kaiming_normal, kaiming_uniform, signed_kaiming_constant, "
+                       "signed_glorot_constant.")
+    score_init: str = option("", "Score initializer (empty: uniform for bernoulli, "
+                             "kaiming_uniform for topk).")
+    scale_fan: bool = option(False, "Scale the initializer's fan by k (edge-popup).")
+    rescale: bool = option(False, "Dynamic weight rescaling by #weights / #kept (Zhou et al.).")
+    train_weights: str = option("auto", "Whether kernels train: auto (dense/fixed yes, "
+                                "bernoulli/topk no), true, false.", ("auto", "true", "false"))
+    eval_sample: bool = option(False, "bernoulli: sample the mask at evaluation instead of "
+                               "thresholding sigmoid(score) at 0.5.")
+    batchnorm: str = option("none", "BatchNorm after hidden layers.",
+                            ("none", "nonaffine", "affine"))
+    width: float = option(1.0, "Width multiplier of hidden layers.")
+
+    # Data.
+    dataset: str = option("sample", "sample (shipped Fashion-MNIST subset), mnist, "
+                          "fashion_mnist, cifar10, cifar100, or a path to an .npz file.")
+    data_dir: str = option("", "Folder holding offline <dataset>.npz files or TFDS data.")
+    validation_size: int = option(0, "Training images held out for validation (0: the test "
+                                  "set is evaluated each epoch instead).")
+    train_size: int = option(0, "Keep only this many training images (0: all).")
+    augment: bool = option(False, "CIFAR augmentation: random crop (4-pixel padding), flip.")
+
+    # Optimization.
+    optimizer: str = option("sgd", "Optimizer.", ("sgd", "adam", "adamw", "rmsprop"))
+    lr: float = option(0.1, "Learning rate.")
+    lr_schedule: str = option("constant", "Learning-rate schedule: constant, cosine, step "
+                              "(times lr_gamma at lr_milestones).", ("constant", "cosine", "step"))
+    lr_milestones: str = option("", "Comma-separated epochs where the step schedule decays.")
+    lr_gamma: float = option(0.1, "Decay factor of the step schedule.")
+    warmup_epochs: int = option(0, "Linear learning-rate warm-up epochs.")
+    weight_decay: float = option(0.0, "Decoupled weight decay on trainable variables "
+                                 "(scores in supermask modes).")
+    momentum: float = option(0.9, "SGD / RMSprop momentum.")
+    nesterov: bool = option(False, "Nesterov momentum (sgd).")
+    epochs: int = option(10, "Training epochs.")
+    batch_size: int = option(128, "Global batch size.")
+    steps_per_epoch: int = option(0, "Cap on steps per epoch (0: the whole training set).")
+    seed: int = option(0, "Seed of weights, masks, data order and augmentation.")
+
+    # Execution.
+    strategy: str = option("mirrored", "Distribution: mirrored (all local GPUs or the CPU), "
+                           "one_device, multi_worker (TF_CONFIG). TensorFlow backend only.",
+                           ("mirrored", "one_device", "multi_worker"))
+    jit_compile: str = option("auto", "XLA compilation of the train step.",
+                              ("auto", "true", "false"))
+    mixed_precision: bool = option(False, "mixed_float16 (TF) / mixed_bfloat16 (JAX) compute.")
+
+    # Outputs.
+    run_dir: str = option("", "Run directory (empty: runs/<model>_<mask>_<dataset>_<hash>).")
+    overwrite: bool = option(False, "Replace a finished run or one made with other flags.")
+    export: bool = option(False, "Write a SavedModel to <run_dir>/saved_model.")
+    verbose: int = option(1, "Keras verbosity: 0 silent, 1 progress bar, 2 one line per epoch.")
+
+    def __post_init__(self):
+        if not 0.0 < float(self.k) <= 1.0:
+            raise ValueError(f"--k is the fraction of weights kept and must be in (0, 1], got {self.k}")
+        if self.epochs < 1:
+            raise ValueError(f"--epochs must be at least 1, got {self.epochs}")
+        if self.batch_size < 1:
+            raise ValueError(f"--batch_size must be at least 1, got {self.batch_size}")
+        if self.lr <= 0:
+            raise ValueError(f"--lr must be positive, got {self.lr}")
+        if self.lr_schedule == "step" and not self.milestones():
+            raise ValueError("--lr_schedule=step needs --lr_milestones, e.g. 80,120")
+
+    def milestones(self):
+        """Epochs of the step schedule, as ints."""
+        try:
+            return [int(part) for part in self.lr_milestones.split(",") if part.strip()]
+        except ValueError:
+            raise ValueError(f"--lr_milestones must be comma-separated epochs, got "
+                             f"{self.lr_milestones!r}") from None
+
+    def mask_options(self):
+        """The model builder's MaskOptions for this run."""
+        from tf_supermask.models import MaskOptions
+
+        train_weights = {"auto": None, "true": True, "false": False}[self.train_weights]
+        return MaskOptions(mask=self.mask, k=self.k, init=self.init,
+                           score_init=self.score_init or None, scale_fan=self.scale_fan,
+                           rescale=self.rescale, train_weights=train_weights,
+                           eval_sample=self.eval_sample, batchnorm=self.batchnorm,
+                           width=self.width, seed=self.seed)
+
+
+# Fields that do not change what a run computes: ignored when deciding whether an
+# existing run directory was made with the same flags.
+RUN_CONTROL_FIELDS = ("run_dir", "overwrite", "export", "verbose")

@@ -1,0 +1,155 @@
+"""Dense or supermask training of one run: data, model, fit, evaluate, write the run directory."""
+
+import os
+import time
+
+import keras
+
+from tf_supermask import data as data_lib
+from tf_supermask.config import config_hash, to_flagfile
+from tf_supermask.layers import weights_remaining
+from tf_supermask.models import build_model
+from tf_supermask.training import run_dir as run_dir_lib
+from tf_supermask.training.callbacks import WeightsRemainingLogger, tensorflow_available
+from tf_supermask.training.config import RUN_CONTROL_FIELDS, TrainConfig
+from tf_supermask.training.distribute import make_strategy, strategy_scope
+from tf_supermask.training.optim import build_optimizer
+
+INITIAL_WEIGHTS = os.path.join("checkpoints", "initial.weights.h5")
+FINAL_MODEL = os.path.join("checkpoints", "final.keras")
+
+
+def default_run_dir(config, root="runs"):
+    """runs/<model>_<mask>_<dataset>_<hash of the non-default flags>."""
+    dataset = os.path.splitext(os.path.basename(config.dataset))[0]
+    return os.path.join(root, f"{config.model}_{config.mask}_{dataset}_"
+                              f"{config_hash(config, RUN_CONTROL_FIELDS)}")
+
+
+def load_data(config):
+    """The run's Dataset and its normalisation statistics."""
+    dataset = data_lib.load_dataset(config.dataset, data_dir=config.data_dir or None,
+                                    validation_size=config.validation_size, seed=config.seed,
+                                    train_size=config.train_size or None)
+    return dataset, data_lib.normalization_stats(dataset)
+
+
+def make_batches(config, dataset, normalization):
+    """(train batches, per-epoch evaluation batches, test batches)."""
+    train = data_lib.ArrayBatches(dataset.x_train, dataset.y_train, config.batch_size, shuffle=True,
+                                  augment=config.augment, seed=config.seed,
+                                  normalization=normalization)
+    test = data_lib.ArrayBatches(dataset.x_test, dataset.y_test, config.batch_size,
+                                 normalization=normalization)
+    if len(dataset.x_val):
+        validation = data_lib.ArrayBatches(dataset.x_val, dataset.y_val, config.batch_size,
+                                           normalization=normalization)
+    else:
+        validation = test
+    return train, validation, test
+
+
+def compile_model(model, config, steps_per_epoch):
+    jit = {"auto": "auto", "true": True, "false": False}[config.jit_compile]
+    model.compile(optimizer=build_optimizer(config, steps_per_epoch),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  metrics=["accuracy"], jit_compile=jit)
+
+
+def create_model(config, dataset, steps_per_epoch, strategy=None):
+    """Builds and compiles the run's model inside the strategy's scope."""
+    with strategy_scope(strategy):
+        model = build_model(config.model, dataset.input_shape, dataset.num_classes,
+                            config.mask_options())
+        compile_model(model, config, steps_per_epoch)
+    return model
+
+
+def _callbacks(run_dir, extra):
+    callbacks = [WeightsRemainingLogger(), *extra,
+                 keras.callbacks.BackupAndRestore(os.path.join(run_dir, "checkpoints", "backup")),
+                 keras.callbacks.CSVLogger(os.path.join(run_dir, "metrics.csv"), append=True)]
+    if tensorflow_available():
+        callbacks.append(keras.callbacks.TensorBoard(os.path.join(run_dir, "tensorboard"),
+                                                     histogram_freq=1))
+    return callbacks
+
+
+def evaluate(model, batches):
+    """{"loss": ..., "accuracy": ...} on `batches`."""
+    return model.evaluate(batches, verbose=0, return_dict=True)
+
+
+def export_saved_model(model, path):
+    """Writes a SavedModel with a `serve` signature (TensorFlow needed)."""
+    if not tensorflow_available():
+        raise RuntimeError("SavedModel export needs TensorFlow; install it or drop --export")
+    model.export(path, format="tf_saved_model", verbose=False)
+
+
+def train(config: TrainConfig, callbacks=()):
+    """Runs (or resumes) one training run and writes its run directory.
+
+    Args:
+      config: the run's TrainConfig.
+      callbacks: extra Keras callbacks.
+
+    Returns:
+      The results dictionary also written to ``results.json``.
+
+    Raises:
+      RunDirError: the run directory holds a finished run or other flags and
+        ``config.overwrite`` is False.
+    """
+    run_dir = config.run_dir or default_run_dir(config)
+    state = run_dir_lib.prepare(run_dir, to_flagfile(config), config.overwrite,
+                                ignore=RUN_CONTROL_FIELDS)
+    keras.utils.set_random_seed(config.seed)
+    if config.mixed_precision:
+        keras.mixed_precision.set_global_policy(
+            "mixed_float16" if keras.backend.backend() == "tensorflow" else "mixed_bfloat16")
+    dataset, normalization = load_data(config)
+    train_batches, validation_batches, test_batches = make_batches(config, dataset, normalization)
+    steps_per_epoch = len(train_batches)
+    if config.steps_per_epoch:
+        steps_per_epoch = min(steps_per_epoch, config.steps_per_epoch)
+    strategy = make_strategy(config.strategy)
+    model = create_model(config, dataset, steps_per_epoch, strategy)
+    initial_path = os.path.join(run_dir, INITIAL_WEIGHTS)
+    if state == "new" or not os.path.exists(initial_path):
+        os.makedirs(os.path.dirname(initial_path), exist_ok=True)
+        model.save_weights(initial_path)
+    if config.verbose:
+        print(f"{'Resuming' if state == 'resume' else 'Starting'} {run_dir}: {config.model} "
+              f"mask={config.mask} k={config.k} on {dataset.name} ({dataset.source}), "
+              f"{len(dataset.x_train)} training images")
+    start = time.time()
+    history = model.fit(train_batches, epochs=config.epochs, steps_per_epoch=steps_per_epoch,
+                        validation_data=validation_batches, verbose=config.verbose,
+                        callbacks=_callbacks(run_dir, callbacks))
+    train_seconds = time.time() - start
+    test = evaluate(model, test_batches)
+    overall, per_layer = weights_remaining(model)
+    model.save(os.path.join(run_dir, FINAL_MODEL))
+    results = {
+        "test_accuracy": float(test["accuracy"]),
+        "test_loss": float(test["loss"]),
+        "weights_remaining": overall,
+        "weights_remaining_per_layer": per_layer,
+        "sparsity_per_layer": {path: 1.0 - kept for path, kept in per_layer.items()},
+        "train_seconds": train_seconds,
+        "resumed": state == "resume",
+        "epochs": config.epochs,
+        "history": {key: [float(v) for v in values] for key, values in history.history.items()
+                    if "/" not in key},
+        "dataset_source": dataset.source,
+        "backend": keras.backend.backend(),
+    }
+    if config.export:
+        export_saved_model(model, os.path.join(run_dir, "saved_model"))
+    run_dir_lib.write_json(os.path.join(run_dir, run_dir_lib.RESULTS_FILE), results)
+    if config.verbose:
+        print(f"test accuracy {results['test_accuracy']:.4f}, weights remaining "
+              f"{overall:.4f}; results in {run_dir}")
+    results["run_dir"] = run_dir
+    return results
