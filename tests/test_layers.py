@@ -7,7 +7,7 @@ from keras import ops
 
 from conftest import batch
 from tf_supermask.layers import (INITIALIZERS, MASK_MODES, MaskedConv2D, MaskedDense, get_masks,
-                                 kept_count, set_masks, weights_remaining)
+                                 kept_count, set_masks, topk_binary_mask, weights_remaining)
 from tf_supermask.models import MaskOptions, build_model
 
 MODES = MASK_MODES.names()
@@ -260,3 +260,21 @@ def test_models_are_deterministic_for_a_seed():
     second = build_model("fc", (4, 4, 1), 3, MaskOptions(mask="topk", seed=5))
     for a, b in zip(first.weights, second.weights):
         np.testing.assert_array_equal(ops.convert_to_numpy(a), ops.convert_to_numpy(b))
+
+
+@pytest.mark.parametrize("size,k", [(7, 0.5), (1000, 0.1), (4096, 0.73), (65537, 0.5)])
+def test_topk_mask_matches_a_sort(size, k):
+    values = np.random.default_rng(size).normal(size=size).astype("float32")
+    mask = ops.convert_to_numpy(topk_binary_mask(values, k))
+    kept = kept_count(k, size)
+    expected = np.zeros(size, "float32")
+    expected[np.argsort(-np.abs(values), kind="stable")[:kept]] = 1
+    np.testing.assert_array_equal(mask, expected)
+
+
+def test_topk_mask_breaks_ties_by_position():
+    values = np.array([1.0, 2.0, 2.0, 2.0, 0.5, 2.0, 3.0, -2.0], "float32")
+    mask = ops.convert_to_numpy(topk_binary_mask(values, 0.5))  # keeps 4: the 3 and the first three |2|
+    np.testing.assert_array_equal(mask, [0, 1, 1, 1, 0, 0, 1, 0])
+    zeros = ops.convert_to_numpy(topk_binary_mask(np.zeros(10, "float32"), 0.3))
+    np.testing.assert_array_equal(zeros, [1, 1, 1, 0, 0, 0, 0, 0, 0, 0])

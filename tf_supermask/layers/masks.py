@@ -11,6 +11,7 @@ backward pass treats it as a smooth function of the scores.
 import keras
 from keras import ops
 
+from tf_supermask.backend import bitcast_to_int32, histogram
 from tf_supermask.registry import Registry
 
 MASK_MODES = Registry("mask mode")
@@ -21,16 +22,55 @@ def kept_count(k, size):
     return max(1, int(round(float(k) * int(size))))
 
 
+def _kth_largest_bits(bits, kept):
+    """Bit pattern of the `kept`-th largest entry of non-negative float bits, exactly.
+
+    A two-pass radix select over 16-bit digits: each pass histograms one digit
+    of the candidates that share the already-fixed higher digits. It replaces
+    a full sort (top_k over millions of scores costs a second on a CPU; this
+    costs two linear passes).
+
+    Returns:
+      (threshold bits, how many entries equal to the threshold to keep).
+    """
+    prefix = ops.convert_to_tensor(0, "int32")
+    remaining = ops.convert_to_tensor(kept, "int32")
+    for shift, high in ((16, None), (0, 16)):
+        digit = ops.bitwise_and(ops.right_shift(bits, shift), 0xFFFF)
+        weights = None
+        if high is not None:  # only entries whose higher digit is already fixed
+            weights = ops.cast(ops.equal(ops.right_shift(bits, high),
+                                         ops.right_shift(prefix, high)), "int32")
+        counts = histogram(digit, 1 << 16, weights)
+        at_or_above = ops.flip(ops.cumsum(ops.flip(counts)))
+        chosen = ops.max(ops.where(at_or_above >= remaining, ops.arange(1 << 16, dtype="int32"), -1))
+        remaining = remaining - (at_or_above[chosen] - counts[chosen])
+        prefix = ops.bitwise_or(prefix, ops.left_shift(chosen, shift))
+    return prefix, remaining
+
+
 def topk_binary_mask(magnitudes, k):
-    """Float 0/1 tensor of `magnitudes`' shape keeping exactly round(k * n) largest entries."""
-    flat = ops.reshape(magnitudes, (-1,))
+    """Float 0/1 tensor of `magnitudes`' shape keeping exactly round(k * n) largest entries.
+
+    Ties at the threshold are broken by position (earliest kept).
+    """
+    flat = ops.reshape(ops.cast(magnitudes, "float32"), (-1,))
     size = int(flat.shape[0])
     kept = kept_count(k, size)
     if kept >= size:
         return ops.ones_like(magnitudes)
-    _, indices = ops.top_k(flat, kept, sorted=False)
-    mask = ops.scatter(ops.expand_dims(indices, 1), ops.ones((kept,), magnitudes.dtype), (size,))
-    return ops.reshape(mask, ops.shape(magnitudes))
+    bits = bitcast_to_int32(ops.abs(flat))
+    threshold, ties_kept = _kth_largest_bits(bits, kept)
+    above = ops.greater(bits, threshold)
+    at = ops.equal(bits, threshold)
+
+    def break_ties():
+        rank = ops.cumsum(ops.cast(at, "int32"))
+        return ops.logical_or(above, ops.logical_and(at, rank <= ties_kept))
+
+    keep = ops.cond(ops.sum(ops.cast(at, "int32")) == ties_kept,
+                    lambda: ops.logical_or(above, at), break_ties)
+    return ops.reshape(ops.cast(keep, magnitudes.dtype), ops.shape(magnitudes))
 
 
 class MaskMode:

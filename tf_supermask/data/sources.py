@@ -1,0 +1,425 @@
+"""Where datasets come from: the shipped sample, offline .npz files and TFDS.
+
+Every source ends in the same in-memory `Dataset` of uint8 NHWC images and
+int64 labels. Only `load_tfds` touches TensorFlow, and it imports
+`tensorflow_datasets` when called, so this module (and the whole
+`tf_supermask.data` package) works on a machine without TensorFlow.
+"""
+
+import dataclasses
+import importlib.resources
+import os
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from tf_supermask.registry import Registry
+
+DATA_DIR_ENV_VAR = "TF_SUPERMASK_DATA"
+DEFAULT_DATA_DIR = os.path.join("~", ".cache", "tf_supermask")
+SAMPLE_FILE = "fashion_mnist_sample.npz"
+NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
+
+FASHION_MNIST_CLASS_NAMES = (
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+)
+CIFAR10_CLASS_NAMES = (
+    "airplane", "automobile", "bird", "cat", "deer",
+    "dog", "frog", "horse", "ship", "truck",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSpec:
+    """What the library knows about a named dataset before loading it.
+
+    Attributes:
+      name: the registry name, also the TFDS name and the offline file stem
+        (`{name}.npz`) for the TFDS-backed datasets.
+      num_classes: number of label classes.
+      augment_customary: whether the literature trains it with random crop
+        and horizontal flip (the CIFAR data sets).
+      mean: published per-channel mean of the training images scaled to [0, 1].
+      std: published per-channel standard deviation, same scale.
+      class_names: label names when they are fixed, else None (then the
+        loaded file or TFDS supplies them, or they default to "0", "1", ...).
+    """
+
+    name: str
+    num_classes: int
+    augment_customary: bool
+    mean: Tuple[float, ...]
+    std: Tuple[float, ...]
+    class_names: Optional[Tuple[str, ...]] = None
+
+
+DATASETS: Registry = Registry("dataset")
+for _spec in (
+    DatasetSpec("sample", 10, False, (0.2860,), (0.3530,), FASHION_MNIST_CLASS_NAMES),
+    DatasetSpec("mnist", 10, False, (0.1307,), (0.3081,),
+                tuple(str(digit) for digit in range(10))),
+    DatasetSpec("fashion_mnist", 10, False, (0.2860,), (0.3530,), FASHION_MNIST_CLASS_NAMES),
+    DatasetSpec("cifar10", 10, True, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616),
+                CIFAR10_CLASS_NAMES),
+    DatasetSpec("cifar100", 100, True, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+):
+    DATASETS.register(_spec.name)(_spec)
+del _spec
+
+
+def dataset_names() -> List[str]:
+    """Names `load_dataset` accepts besides a path to a `.npz` file."""
+    return DATASETS.names()
+
+
+@dataclasses.dataclass
+class Dataset:
+    """An image classification dataset held in memory.
+
+    Attributes:
+      name: dataset name ("sample", "cifar10", or the stem of a .npz file).
+      x_train: uint8 images, shape (N, H, W, C).
+      y_train: int64 labels, shape (N,).
+      x_val: uint8 held-out training images; 0 rows when no validation split.
+      y_val: int64 labels of `x_val`.
+      x_test: uint8 test images.
+      y_test: int64 test labels.
+      num_classes: number of classes.
+      class_names: one name per class.
+      source: where it came from: "sample", "npz:/absolute/path" or "tfds".
+    """
+
+    name: str
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    num_classes: int
+    class_names: List[str]
+    source: str
+
+    @property
+    def input_shape(self) -> Tuple[int, int, int]:
+        """Shape (H, W, C) of one image."""
+        return tuple(self.x_train.shape[1:])
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """No source could provide the dataset; the message says how to provide one."""
+
+
+def npz_search_dir(data_dir: Optional[str] = None) -> str:
+    """The directory searched for offline `{name}.npz` files.
+
+    Args:
+      data_dir: the `--data_dir` flag value; wins when given.
+
+    Returns:
+      `data_dir` if given, else `$TF_SUPERMASK_DATA` if set, else
+      `~/.cache/tf_supermask`, with `~` expanded.
+    """
+    directory = data_dir or os.environ.get(DATA_DIR_ENV_VAR) or DEFAULT_DATA_DIR
+    return os.path.expanduser(directory)
+
+
+def load_dataset(
+    name: str,
+    data_dir: Optional[str] = None,
+    validation_size: int = 0,
+    seed: int = 0,
+    train_size: Optional[int] = None,
+) -> Dataset:
+    """Loads a dataset by name, offline first, and splits off a validation set.
+
+    Sources, in order:
+      * `name == "sample"`: the Fashion-MNIST sample shipped in the package.
+      * `name` is a path to a `.npz` file: that file.
+      * `name` is one of `dataset_names()`: `{name}.npz` in
+        `npz_search_dir(data_dir)`, else TFDS (`data_dir` is passed to
+        `tfds.load` as its data directory).
+
+    Args:
+      name: a name from `dataset_names()` or a path to a `.npz` file holding
+        `x_train, y_train, x_test, y_test` (and optionally `class_names`).
+      data_dir: directory of offline `.npz` files and of TFDS data; see
+        `npz_search_dir` for the default.
+      validation_size: number of training images held out as `x_val, y_val`,
+        drawn uniformly at random (training files are often sorted by class).
+      seed: seed of the validation split and of the `train_size` subset.
+      train_size: if given, keep only this many training images (a random
+        subset of those left after the validation split).
+
+    Returns:
+      The `Dataset`; grayscale images get a channel axis, labels are int64.
+
+    Raises:
+      ValueError: unknown name, or split sizes that do not fit the training set.
+      DatasetNotFoundError: no source could provide the dataset; the message
+        explains how to provide it.
+    """
+    if name.endswith(".npz"):
+        dataset = load_npz(name)
+    elif name == "sample":
+        dataset = load_sample()
+    else:
+        DATASETS.get(name)  # raises a ValueError listing the known names
+        npz_path = os.path.join(npz_search_dir(data_dir), f"{name}.npz")
+        if os.path.isfile(npz_path):
+            dataset = load_npz(npz_path, name=name)
+        else:
+            try:
+                dataset = load_tfds(name, data_dir=data_dir)
+            except Exception as error:  # any TFDS failure means "not available here"
+                raise DatasetNotFoundError(_how_to_provide(name, npz_path, error)) from error
+    return split_training_set(dataset, validation_size, seed, train_size)
+
+
+def load_sample() -> Dataset:
+    """The real Fashion-MNIST sample shipped inside the package.
+
+    Built by `scripts/make_sample.py`: a class-balanced subset of the
+    Fashion-MNIST training and test sets (MIT licence, Zalando SE 2017).
+    """
+    resource = importlib.resources.files(__package__).joinpath("sample", SAMPLE_FILE)
+    with importlib.resources.as_file(resource) as path:
+        dataset = load_npz(str(path), name="sample")
+    dataset.source = "sample"
+    return dataset
+
+
+def load_npz(path: str, name: Optional[str] = None) -> Dataset:
+    """Loads an offline `.npz` file (the layout `make_npz.py` writes).
+
+    Args:
+      path: file holding `x_train, x_test` (uint8, (N, H, W, C) or (N, H, W)),
+        `y_train, y_test` (integer labels) and optionally `class_names`.
+      name: dataset name; defaults to the file name without `.npz`.
+
+    Returns:
+      The `Dataset`, with no validation rows.
+
+    Raises:
+      DatasetNotFoundError: `path` does not exist.
+      ValueError: a key is missing or an array has the wrong shape or dtype.
+    """
+    path = os.path.abspath(os.path.expanduser(path))
+    if not os.path.isfile(path):
+        raise DatasetNotFoundError(
+            f"no .npz file at {path}; it must hold {_npz_layout()}"
+        )
+    name = name or os.path.splitext(os.path.basename(path))[0]
+    with np.load(path, allow_pickle=False) as contents:
+        missing = [key for key in NPZ_KEYS if key not in contents]
+        if missing:
+            raise ValueError(f"{path} lacks the keys {missing}; it must hold {_npz_layout()}")
+        arrays = {key: contents[key] for key in NPZ_KEYS}
+        class_names = contents["class_names"].tolist() if "class_names" in contents else None
+    return _make_dataset(name, arrays, class_names, source=f"npz:{path}")
+
+
+def load_tfds(name: str, data_dir: Optional[str] = None) -> Dataset:
+    """Loads a dataset with TensorFlow Datasets, downloading it if needed.
+
+    Imports `tensorflow_datasets` here only. Under a non-TensorFlow Keras
+    backend, TensorFlow is kept off the GPUs so that it does not take the
+    memory the training backend needs.
+
+    Args:
+      name: TFDS name with "train" and "test" splits and an integer "label".
+      data_dir: TFDS data directory; None means TFDS's default
+        (`~/tensorflow_datasets`).
+
+    Returns:
+      The `Dataset`, with no validation rows.
+    """
+    import keras
+    import tensorflow as tf
+    import tensorflow_datasets as tfds
+
+    if keras.backend.backend() != "tensorflow":
+        try:
+            tf.config.set_visible_devices([], "GPU")
+        except RuntimeError:  # TensorFlow already initialised its devices
+            pass
+    (train, test), info = tfds.load(
+        name, split=["train", "test"], data_dir=data_dir, batch_size=-1,
+        as_supervised=True, with_info=True,
+    )
+    (x_train, y_train), (x_test, y_test) = tfds.as_numpy((train, test))
+    arrays = {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test}
+    return _make_dataset(name, arrays, info.features["label"].names, source="tfds")
+
+
+def split_training_set(
+    dataset: Dataset, validation_size: int = 0, seed: int = 0, train_size: Optional[int] = None
+) -> Dataset:
+    """Moves a random part of the training set to validation and subsamples the rest.
+
+    One seeded permutation of the training set gives the validation images
+    (its first `validation_size` entries) and the kept training images (the
+    next `train_size`), so the validation set does not depend on `train_size`.
+    Both keep the original file order and replace any existing validation rows.
+
+    Args:
+      dataset: the dataset to split; not modified.
+      validation_size: images to hold out, 0 <= validation_size < N.
+      seed: seed of the permutation.
+      train_size: training images to keep, at most N - validation_size;
+        None keeps them all.
+
+    Returns:
+      `dataset` itself when there is nothing to split, else a new `Dataset`.
+
+    Raises:
+      ValueError: the sizes do not fit the training set.
+    """
+    num_train = len(dataset.y_train)
+    if not 0 <= validation_size < num_train:
+        raise ValueError(
+            f"validation_size={validation_size} must be >= 0 and smaller than the "
+            f"{num_train} training images of {dataset.name!r}"
+        )
+    remaining = num_train - validation_size
+    if train_size is not None and not 0 < train_size <= remaining:
+        raise ValueError(
+            f"train_size={train_size} must be in [1, {remaining}]: {dataset.name!r} has "
+            f"{num_train} training images and validation_size={validation_size}"
+        )
+    if validation_size == 0 and train_size is None:
+        return dataset
+    permutation = np.random.default_rng(seed).permutation(num_train)
+    validation_indices = np.sort(permutation[:validation_size])
+    train_indices = np.sort(permutation[validation_size:][:train_size])
+    return dataclasses.replace(
+        dataset,
+        x_train=dataset.x_train[train_indices],
+        y_train=dataset.y_train[train_indices],
+        x_val=dataset.x_train[validation_indices],
+        y_val=dataset.y_train[validation_indices],
+    )
+
+
+def normalization_stats(
+    name_or_dataset: Union[str, Dataset],
+) -> Tuple[Tuple[float, ...], Tuple[float, ...]]:
+    """Per-channel mean and standard deviation of images scaled to [0, 1].
+
+    Known datasets (see `dataset_names()`) use fixed published constants;
+    "sample" uses the Fashion-MNIST ones. A `Dataset` with any other name
+    gets statistics computed from its `x_train`.
+
+    Args:
+      name_or_dataset: a dataset name or a loaded `Dataset`.
+
+    Returns:
+      `(mean, std)`, each a tuple with one float per channel, the
+      `normalization` argument of `ArrayBatches`.
+
+    Raises:
+      ValueError: an unknown name (pass the loaded `Dataset` instead).
+    """
+    if isinstance(name_or_dataset, str):
+        spec = DATASETS.get(name_or_dataset)
+        return spec.mean, spec.std
+    if name_or_dataset.name in DATASETS:
+        spec = DATASETS.get(name_or_dataset.name)
+        return spec.mean, spec.std
+    return _channel_stats(name_or_dataset.x_train)
+
+
+def _channel_stats(images: np.ndarray, chunk_size: int = 4096):
+    """Per-channel mean and std of uint8 NHWC images scaled to [0, 1], in chunks."""
+    total = np.zeros(images.shape[-1])
+    total_of_squares = np.zeros(images.shape[-1])
+    for start in range(0, len(images), chunk_size):
+        chunk = images[start:start + chunk_size].astype(np.float64) / 255.0
+        total += chunk.sum(axis=(0, 1, 2))
+        total_of_squares += np.square(chunk).sum(axis=(0, 1, 2))
+    count = images.size / images.shape[-1]
+    mean = total / count
+    std = np.sqrt(np.maximum(total_of_squares / count - np.square(mean), 0.0))
+    return tuple(float(m) for m in mean), tuple(float(s) for s in std)
+
+
+def _make_dataset(
+    name: str, arrays: Dict[str, np.ndarray], class_names: Optional[Sequence[str]], source: str
+) -> Dataset:
+    """Validates raw split arrays and wraps them in a `Dataset`."""
+    images = {split: _as_nhwc_uint8(arrays[f"x_{split}"], f"{source} x_{split}")
+              for split in ("train", "test")}
+    labels = {split: np.asarray(arrays[f"y_{split}"]).reshape(-1).astype(np.int64)
+              for split in ("train", "test")}
+    for split in ("train", "test"):
+        if len(images[split]) != len(labels[split]):
+            raise ValueError(f"{source}: {len(images[split])} x_{split} images but "
+                             f"{len(labels[split])} y_{split} labels")
+    if images["train"].shape[1:] != images["test"].shape[1:]:
+        raise ValueError(f"{source}: train images {images['train'].shape[1:]} and test images "
+                         f"{images['test'].shape[1:]} differ in shape")
+    num_classes = _num_classes(name, labels, class_names)
+    if class_names is None and name in DATASETS:
+        class_names = DATASETS.get(name).class_names
+    if class_names is None:
+        class_names = [str(label) for label in range(num_classes)]
+    class_names = [c.decode() if isinstance(c, bytes) else str(c) for c in class_names]
+    if len(class_names) != num_classes:
+        raise ValueError(f"{source}: {len(class_names)} class_names for {num_classes} classes")
+    empty_images = np.zeros((0,) + images["train"].shape[1:], np.uint8)
+    return Dataset(
+        name=name,
+        x_train=images["train"], y_train=labels["train"],
+        x_val=empty_images, y_val=np.zeros((0,), np.int64),
+        x_test=images["test"], y_test=labels["test"],
+        num_classes=num_classes, class_names=class_names, source=source,
+    )
+
+
+def _num_classes(name: str, labels: Dict[str, np.ndarray], class_names) -> int:
+    """Class count from the registry, else `class_names`, else the largest label."""
+    if name in DATASETS:
+        num_classes = DATASETS.get(name).num_classes
+    elif class_names is not None:
+        num_classes = len(class_names)
+    else:
+        num_classes = int(max(labels["train"].max(initial=0), labels["test"].max(initial=0))) + 1
+    for split, split_labels in labels.items():
+        if split_labels.size and not 0 <= split_labels.min() <= split_labels.max() < num_classes:
+            raise ValueError(f"{name!r}: y_{split} labels must lie in [0, {num_classes})")
+    return num_classes
+
+
+def _as_nhwc_uint8(images: np.ndarray, what: str) -> np.ndarray:
+    """Adds the channel axis to grayscale (N, H, W) images and checks the dtype."""
+    images = np.asarray(images)
+    if images.ndim == 3:
+        images = images[..., np.newaxis]
+    if images.ndim != 4:
+        raise ValueError(f"{what}: expected images of shape (N, H, W, C) or (N, H, W), "
+                         f"got {images.shape}")
+    if images.dtype != np.uint8:
+        raise ValueError(f"{what}: expected uint8 pixels in [0, 255], got {images.dtype}")
+    return images
+
+
+def _npz_layout() -> str:
+    return ("x_train, x_test: uint8 images of shape (N, H, W, C) or (N, H, W); "
+            "y_train, y_test: integer labels of shape (N,); "
+            "optional class_names: an array of strings")
+
+
+def _how_to_provide(name: str, npz_path: str, tfds_error: Exception) -> str:
+    return (
+        f"dataset {name!r} is not available: there is no offline file {npz_path}, and "
+        f"TFDS could not load it ({type(tfds_error).__name__}: {tfds_error}).\n"
+        f"Provide it in one of these ways:\n"
+        f"  * with a network, TFDS downloads it (TFDS name {name!r}) into --data_dir, "
+        f"or ~/tensorflow_datasets when --data_dir is not set;\n"
+        f"  * offline, write {name}.npz with the keys {_npz_layout()} "
+        f"(`python ../shared/datasets/make_npz.py DIR` writes this layout) into the "
+        f"directory given by --data_dir, else ${DATA_DIR_ENV_VAR}, "
+        f"else {DEFAULT_DATA_DIR}; it was looked for at {npz_path};\n"
+        f"  * or pass the path of such a .npz file as the dataset name."
+    )
