@@ -278,3 +278,12 @@ def test_topk_mask_breaks_ties_by_position():
     np.testing.assert_array_equal(mask, [0, 1, 1, 1, 0, 0, 1, 0])
     zeros = ops.convert_to_numpy(topk_binary_mask(np.zeros(10, "float32"), 0.3))
     np.testing.assert_array_equal(zeros, [1, 1, 1, 0, 0, 0, 0, 0, 0, 0])
+
+
+@pytest.mark.parametrize("size", [20000, 3_000_000])
+def test_radix_select_breaks_large_ties_by_position(size):
+    values = np.random.default_rng(0).integers(0, 5, size=size).astype("float32")  # heavy ties
+    mask = ops.convert_to_numpy(topk_binary_mask(values, 0.37))
+    expected = np.zeros(size, "float32")
+    expected[np.argsort(-values, kind="stable")[:kept_count(0.37, size)]] = 1
+    np.testing.assert_array_equal(mask, expected)
