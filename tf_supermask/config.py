@@ -34,7 +34,7 @@ def define_flags(config_type: Type, flag_values=None, skip: Sequence[str] = ()):
     """Defines one absl flag per field of `config_type` (skipping names already defined)."""
     from absl import flags
 
-    flag_values = flag_values or flags.FLAGS
+    flag_values = flags.FLAGS if flag_values is None else flag_values
     for field in dataclasses.fields(config_type):
         if field.name in skip or field.name in flag_values:
             continue
@@ -51,7 +51,7 @@ def from_flags(config_type: Type, flag_values=None):
     """Builds `config_type` from parsed absl flags."""
     from absl import flags
 
-    flag_values = flag_values or flags.FLAGS
+    flag_values = flags.FLAGS if flag_values is None else flag_values
     return config_type(**{field.name: flag_values[field.name].value
                           for field in dataclasses.fields(config_type)})
 

@@ -22,9 +22,18 @@ class WeightsRemainingLogger(keras.callbacks.Callback):
 
 
 def tensorflow_available():
-    """Whether TensorFlow can be imported (TensorBoard writers need it)."""
+    """Whether TensorFlow can be imported (SavedModel export needs it)."""
     try:
         import tensorflow  # noqa: F401
     except ImportError:
         return False
     return True
+
+
+def tensorboard_available():
+    """Whether TensorBoard event files can be written (TensorFlow and TensorBoard)."""
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        return False
+    return tensorflow_available()

@@ -82,6 +82,13 @@ class TrainConfig:
             raise ValueError(f"--lr must be positive, got {self.lr}")
         if self.lr_schedule == "step" and not self.milestones():
             raise ValueError("--lr_schedule=step needs --lr_milestones, e.g. 80,120")
+        from tf_supermask.layers import INITIALIZERS
+        from tf_supermask.models import MODELS
+
+        MODELS.get(self.model)  # each raises a ValueError naming the choices
+        INITIALIZERS.get(self.init)
+        if self.score_init:
+            INITIALIZERS.get(self.score_init)
 
     def milestones(self):
         """Epochs of the step schedule, as ints."""

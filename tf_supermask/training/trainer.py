@@ -10,7 +10,8 @@ from tf_supermask.config import config_hash, to_flagfile
 from tf_supermask.layers import weights_remaining
 from tf_supermask.models import build_model
 from tf_supermask.training import run_dir as run_dir_lib
-from tf_supermask.training.callbacks import WeightsRemainingLogger, tensorflow_available
+from tf_supermask.training.callbacks import (WeightsRemainingLogger, tensorboard_available,
+                                             tensorflow_available)
 from tf_supermask.training.config import RUN_CONTROL_FIELDS, TrainConfig
 from tf_supermask.training.distribute import make_strategy, strategy_scope
 from tf_supermask.training.optim import build_optimizer
@@ -82,13 +83,14 @@ def create_model(config, dataset, steps_per_epoch, strategy=None):
 
 
 def _callbacks(run_dir, extra):
-    callbacks = [WeightsRemainingLogger(), *extra,
+    # The logger goes first so that CSV and TensorBoard see what it adds.
+    callbacks = [WeightsRemainingLogger(),
                  keras.callbacks.BackupAndRestore(os.path.join(run_dir, "checkpoints", "backup")),
                  keras.callbacks.CSVLogger(os.path.join(run_dir, "metrics.csv"), append=True)]
-    if tensorflow_available():
+    if tensorboard_available():
         callbacks.append(keras.callbacks.TensorBoard(os.path.join(run_dir, "tensorboard"),
                                                      histogram_freq=1))
-    return callbacks
+    return callbacks + list(extra)
 
 
 def evaluate(model, batches):
@@ -118,13 +120,13 @@ def train(config: TrainConfig, callbacks=()):
         ``config.overwrite`` is False.
     """
     run_dir = config.run_dir or default_run_dir(config)
+    dataset, normalization = load_data(config)  # fails before the run directory is touched
     state = run_dir_lib.prepare(run_dir, to_flagfile(config), config.overwrite,
                                 ignore=RUN_CONTROL_FIELDS)
     keras.utils.set_random_seed(config.seed)
     if config.mixed_precision:
         keras.mixed_precision.set_global_policy(
             "mixed_float16" if keras.backend.backend() == "tensorflow" else "mixed_bfloat16")
-    dataset, normalization = load_data(config)
     train_batches, validation_batches, test_batches = make_batches(config, dataset, normalization)
     steps_per_epoch = len(train_batches)
     if config.steps_per_epoch:

@@ -1,0 +1,234 @@
+"""End-to-end runs of the training library and binary on tiny real data."""
+
+import glob
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+from absl import flags
+
+from tf_supermask.config import define_flags, from_flags
+from tf_supermask.training import RunDirError, TrainConfig, train
+from tf_supermask.training.run_dir import RESULTS_FILE
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FLAGFILES = sorted(glob.glob(os.path.join(REPO, "flags", "*.cfg")))
+
+
+def tiny(tmp_path, **overrides):
+    """A run of a few seconds: fc at width 0.25 on 512 sample images."""
+    settings = dict(model="fc", width=0.25, mask="topk", k=0.3, init="signed_kaiming_constant",
+                    dataset="sample", train_size=512, batch_size=64, epochs=2, lr=0.1,
+                    verbose=0, run_dir=str(tmp_path / "run"))
+    settings.update(overrides)
+    return TrainConfig(**settings)
+
+
+class StopAfterEpoch(keras.callbacks.Callback):
+    """Simulates a killed job: raises after the given epoch has been backed up."""
+
+    def __init__(self, epoch):
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == self.epoch:
+            raise KeyboardInterrupt("killed")
+
+
+@pytest.mark.parametrize("mask", ["dense", "bernoulli", "topk", "fixed"])
+def test_run_writes_the_run_directory(tmp_path, mask):
+    results = train(tiny(tmp_path, mask=mask))
+    run_dir = tmp_path / "run"
+    on_disk = json.loads((run_dir / RESULTS_FILE).read_text())
+    assert 0.0 <= on_disk["test_accuracy"] <= 1.0
+    assert on_disk["test_accuracy"] == results["test_accuracy"]
+    assert on_disk["train_seconds"] > 0
+    assert set(on_disk["sparsity_per_layer"]) == set(on_disk["weights_remaining_per_layer"])
+    expected = {"topk": 0.3, "dense": 1.0, "fixed": 1.0}.get(mask)
+    if expected is not None:
+        assert on_disk["weights_remaining"] == pytest.approx(expected, abs=1e-3)
+    assert "--mask=" + mask in (run_dir / "flags.txt").read_text()
+    assert (run_dir / "checkpoints" / "initial.weights.h5").exists()
+    assert (run_dir / "checkpoints" / "final.keras").exists()
+    assert len((run_dir / "metrics.csv").read_text().splitlines()) == 3  # header + 2 epochs
+    events = glob.glob(str(run_dir / "tensorboard" / "**" / "events.out.tfevents*"), recursive=True)
+    assert events
+
+
+def test_tensorboard_has_weights_remaining_and_score_histograms(tmp_path):
+    import tensorflow as tf
+
+    train(tiny(tmp_path))
+    tags = set()
+    for path in glob.glob(str(tmp_path / "run" / "tensorboard" / "**" / "events*"), recursive=True):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            tags.update(value.tag for value in event.summary.value)
+    assert "epoch_weights_remaining" in tags
+    assert any(tag.startswith("epoch_weights_remaining/") for tag in tags)
+    assert "epoch_learning_rate" in tags
+    assert any("scores" in tag for tag in tags)
+
+
+def test_supermask_beats_chance_quickly(tmp_path):
+    results = train(tiny(tmp_path, train_size=2000, epochs=3, width=0.5))
+    assert results["test_accuracy"] > 0.6
+
+
+def test_finished_run_is_refused_and_left_alone(tmp_path):
+    train(tiny(tmp_path))
+    run_dir = tmp_path / "run"
+    before = {path: open(path, "rb").read() for path in glob.glob(str(run_dir / "**"), recursive=True)
+              if os.path.isfile(path)}
+    with pytest.raises(RunDirError, match="finished run.*--overwrite"):
+        train(tiny(tmp_path))
+    with pytest.raises(RunDirError, match="finished run"):
+        train(tiny(tmp_path, k=0.5))
+    after = {path: open(path, "rb").read() for path in glob.glob(str(run_dir / "**"), recursive=True)
+             if os.path.isfile(path)}
+    assert before == after
+    results = train(tiny(tmp_path, k=0.5, overwrite=True))
+    assert results["weights_remaining"] == pytest.approx(0.5, abs=1e-3)
+
+
+def test_unfinished_run_with_other_flags_is_refused(tmp_path):
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny(tmp_path, epochs=3), callbacks=[StopAfterEpoch(0)])
+    with pytest.raises(RunDirError, match=r"other flags \(--k: 0.3 -> 0.5\)"):
+        train(tiny(tmp_path, epochs=3, k=0.5))
+
+
+def test_directory_that_is_not_a_run_is_refused(tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "notes.txt").write_text("precious")
+    with pytest.raises(RunDirError, match="not a run directory"):
+        train(tiny(tmp_path))
+    assert (tmp_path / "run" / "notes.txt").read_text() == "precious"
+
+
+def test_interrupted_run_resumes_where_it_stopped(tmp_path):
+    config = tiny(tmp_path, epochs=3)
+    with pytest.raises(KeyboardInterrupt):
+        train(config, callbacks=[StopAfterEpoch(1)])
+    run_dir = tmp_path / "run"
+    assert not (run_dir / RESULTS_FILE).exists()
+    results = train(config)
+    assert results["resumed"]
+    assert len(results["history"]["loss"]) == 1  # only the third epoch was left
+    epochs = [line.split(",")[0] for line in (run_dir / "metrics.csv").read_text().splitlines()[1:]
+              if not line.startswith("epoch")]
+    assert epochs == ["0", "1", "2"]
+
+
+def test_export_reloads_with_identical_predictions(tmp_path):
+    import tensorflow as tf
+
+    from tf_supermask.data import ArrayBatches, load_dataset, normalization_stats
+
+    train(tiny(tmp_path, export=True))
+    run_dir = tmp_path / "run"
+    model = keras.saving.load_model(run_dir / "checkpoints" / "final.keras")
+    dataset = load_dataset("sample")
+    x, _ = ArrayBatches(dataset.x_test[:32], dataset.y_test[:32], 32,
+                        normalization=normalization_stats("sample"))[0]
+    reloaded = tf.saved_model.load(str(run_dir / "saved_model"))
+    np.testing.assert_allclose(reloaded.serve(tf.constant(x)).numpy(), model.predict(x, verbose=0),
+                               rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("bad,match", [
+    (dict(model="resnet9000"), "unknown model 'resnet9000'"),
+    (dict(k=0.0), r"fraction of weights kept.*\(0, 1\]"),
+    (dict(k=1.5), r"fraction of weights kept.*\(0, 1\]"),
+    (dict(init="ones"), "unknown initializer"),
+    (dict(epochs=0), "--epochs"),
+    (dict(lr_schedule="step"), "--lr_milestones"),
+])
+def test_bad_flags_give_clear_errors(tmp_path, bad, match):
+    with pytest.raises(ValueError, match=match):
+        train(tiny(tmp_path, **bad))
+    assert not (tmp_path / "run").exists()
+
+
+def test_missing_dataset_says_how_to_provide_it(tmp_path, monkeypatch):
+    from tf_supermask.data import sources
+
+    def no_network(name, data_dir=None):
+        raise ConnectionError("no network")
+
+    monkeypatch.setattr(sources, "load_tfds", no_network)
+    with pytest.raises(FileNotFoundError, match="--data_dir") as error:
+        train(tiny(tmp_path, dataset="cifar100", data_dir=str(tmp_path / "empty")))
+    assert "x_train" in str(error.value)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("path", FLAGFILES, ids=[os.path.basename(p) for p in FLAGFILES])
+def test_every_flagfile_parses(path):
+    values = flags.FlagValues()
+    define_flags(TrainConfig, values)
+    values(["train", f"--flagfile={path}"])
+    config = from_flags(TrainConfig, values)
+    assert config.model in ("fc", "conv2", "conv4", "conv6", "conv8")
+
+
+def _run_binary(args, cwd, env=None):
+    return subprocess.run([sys.executable, "-m", "tf_supermask.bin.train", *args], cwd=cwd,
+                          capture_output=True, text=True, env={**os.environ, **(env or {})},
+                          timeout=600)
+
+
+def test_binary_runs_the_quickstart_flagfile_shortened(tmp_path):
+    result = _run_binary([f"--flagfile={REPO}/flags/quickstart.cfg", "--epochs=1",
+                          "--train_size=1000", "--verbose=0", f"--run_dir={tmp_path}/quick"],
+                         cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads((tmp_path / "quick" / RESULTS_FILE).read_text())
+    assert results["weights_remaining"] == pytest.approx(0.5, abs=1e-3)
+    flags_txt = (tmp_path / "quick" / "flags.txt").read_text()
+    assert "--init=signed_kaiming_constant" in flags_txt and "--epochs=1" in flags_txt
+
+
+def test_binary_reports_bad_flags_and_existing_run(tmp_path):
+    result = _run_binary(["--model=nope", f"--run_dir={tmp_path}/x"], cwd=tmp_path)
+    assert result.returncode != 0
+    assert "unknown model 'nope'" in result.stderr
+    assert not (tmp_path / "x").exists()
+
+
+MIRRORED_SCRIPT = r"""
+import sys, json
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+import numpy as np
+from tf_supermask.training import TrainConfig, train
+import keras
+out = {}
+for strategy in ("one_device", "mirrored"):
+    config = TrainConfig(model="fc", width=0.25, mask="topk", k=0.5, dataset="sample",
+                         train_size=512, batch_size=64, epochs=2, lr=0.05, verbose=0,
+                         strategy=strategy, run_dir=sys.argv[1] + "/" + strategy)
+    results = train(config)
+    model = keras.saving.load_model(sys.argv[1] + "/" + strategy + "/checkpoints/final.keras")
+    out[strategy] = {"acc": results["test_accuracy"],
+                     "weights": [np.asarray(w).tolist() for w in model.get_weights()]}
+    if strategy == "mirrored":
+        out["replicas"] = tf.distribute.MirroredStrategy().num_replicas_in_sync
+print(json.dumps(out))
+"""
+
+
+def test_mirrored_over_two_cpus_matches_one_device(tmp_path):
+    result = subprocess.run([sys.executable, "-c", MIRRORED_SCRIPT, str(tmp_path)],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    assert out["replicas"] == 2
+    for one, two in zip(out["one_device"]["weights"], out["mirrored"]["weights"]):
+        np.testing.assert_allclose(np.array(two), np.array(one), rtol=1e-3, atol=1e-4)
+    assert out["mirrored"]["acc"] == pytest.approx(out["one_device"]["acc"], abs=0.01)
