@@ -6,7 +6,6 @@ not the input pipeline.
 """
 
 import dataclasses
-import statistics
 import time
 
 import keras
@@ -65,23 +64,51 @@ def input_shape_for(model_name):
     return (28, 28, 1) if model_name == "fc" else (32, 32, 3)
 
 
-def measure(model_name, mask, batch_size=128, steps=20, repeats=3, k=0.5, jit_compile="auto",
-            seed=0):
-    """Median images/s of `repeats` timed epochs of `steps` steps, after one warm-up epoch."""
+def _compiled(model_name, mask, k, jit_compile, seed, steps):
     keras.utils.set_random_seed(seed)
     shape = input_shape_for(model_name)
-    rng = np.random.default_rng(seed)
-    x = rng.normal(size=(batch_size,) + shape).astype("float32")
-    y = rng.integers(0, 10, size=(batch_size,))
     model = build_model(model_name, shape, 10, MaskOptions(mask=mask, k=k, seed=seed))
     compile_model(model, BenchConfig(jit_compile=jit_compile), steps)
+    return model
+
+
+def _timed_epoch(model, data):
     timer = _EpochTimer()
-    model.fit(_RepeatedBatch(x, y, steps), epochs=repeats + 1, verbose=0, callbacks=[timer])
+    model.fit(data, epochs=1, verbose=0, shuffle=False, callbacks=[timer])
+    return timer.seconds[0]
+
+
+def measure_model(model_name, masks, batch_size=128, steps=0, repeats=3, k=0.5,
+                  jit_compile="auto", seed=0, target_seconds=2.0):
+    """Best step time (seconds) of each mask mode of one model.
+
+    All modes are compiled and warmed up first, then timed in `repeats`
+    interleaved rounds, so that drift in the machine's speed hits every mode
+    alike; each mode keeps its fastest round. `steps=0` picks the number of
+    steps per timed epoch that lasts about `target_seconds`.
+    """
+    rng = np.random.default_rng(seed)
+    shape = input_shape_for(model_name)
+    x = rng.normal(size=(batch_size,) + shape).astype("float32")
+    y = rng.integers(0, 10, size=(batch_size,))
+    warmup = _RepeatedBatch(x, y, 3)
+    models, step_seconds = {}, {}
+    for mask in masks:
+        models[mask] = _compiled(model_name, mask, k, jit_compile, seed, max(steps, 1))
+        _timed_epoch(models[mask], warmup)
+        step_seconds[mask] = _timed_epoch(models[mask], warmup) / 3
+    if not steps:
+        steps = max(5, int(target_seconds / max(step_seconds.values())))
+    data = _RepeatedBatch(x, y, steps)
+    best = {mask: float("inf") for mask in masks}
+    for _ in range(repeats):
+        for mask in masks:
+            best[mask] = min(best[mask], _timed_epoch(models[mask], data) / steps)
     keras.backend.clear_session()
-    return batch_size * steps / statistics.median(timer.seconds[1:])
+    return best
 
 
-def run_benchmark(models, masks, batch_size=128, steps=20, repeats=3, k=0.5, jit_compile="auto",
+def run_benchmark(models, masks, batch_size=128, steps=0, repeats=3, k=0.5, jit_compile="auto",
                   log=print):
     """Records {model, mask, images_per_s, step_ms, ratio_to_dense} for every pair.
 
@@ -90,17 +117,14 @@ def run_benchmark(models, masks, batch_size=128, steps=20, repeats=3, k=0.5, jit
     """
     records = []
     for model_name in models:
-        dense_rate = None
-        ordered = sorted(masks, key=lambda name: name != "dense")  # dense first
-        for mask in ordered:
-            rate = measure(model_name, mask, batch_size, steps, repeats, k, jit_compile)
-            if mask == "dense":
-                dense_rate = rate
+        best = measure_model(model_name, masks, batch_size, steps, repeats, k, jit_compile)
+        for mask in masks:
+            ratio = best[mask] / best["dense"] if "dense" in best else None
             record = {"model": model_name, "mask": mask, "batch_size": batch_size,
-                      "images_per_s": rate, "step_ms": 1000.0 * batch_size / rate,
-                      "ratio_to_dense": dense_rate / rate if dense_rate else None,
-                      "backend": keras.backend.backend()}
+                      "images_per_s": batch_size / best[mask], "step_ms": 1000.0 * best[mask],
+                      "ratio_to_dense": ratio, "backend": keras.backend.backend()}
             records.append(record)
-            ratio = "" if record["ratio_to_dense"] is None else f"  x{record['ratio_to_dense']:.3f} dense"
-            log(f"{model_name:>8} {mask:>9}: {rate:10.1f} images/s  {record['step_ms']:8.2f} ms/step{ratio}")
+            shown = "" if ratio is None else f"  x{ratio:.3f} dense"
+            log(f"{model_name:>8} {mask:>9}: {record['images_per_s']:10.1f} images/s  "
+                f"{record['step_ms']:8.2f} ms/step{shown}")
     return records
