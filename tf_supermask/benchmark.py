@@ -5,34 +5,14 @@ training step itself (forward, backward, mask computation, optimizer update),
 not the input pipeline.
 """
 
-import dataclasses
 import time
 
 import keras
 import numpy as np
 
 from tf_supermask.models import MaskOptions, build_model
+from tf_supermask.training.config import TrainConfig
 from tf_supermask.training.trainer import compile_model
-
-
-@dataclasses.dataclass
-class BenchConfig:
-    """The few TrainConfig fields the compiled step depends on."""
-
-    optimizer: str = "sgd"
-    lr: float = 0.1
-    lr_schedule: str = "constant"
-    lr_milestones: str = ""
-    lr_gamma: float = 0.1
-    warmup_epochs: int = 0
-    weight_decay: float = 1e-4
-    momentum: float = 0.9
-    nesterov: bool = False
-    epochs: int = 1
-    jit_compile: str = "auto"
-
-    def milestones(self):
-        return []
 
 
 class _RepeatedBatch(keras.utils.PyDataset):
@@ -68,7 +48,8 @@ def _compiled(model_name, mask, k, jit_compile, seed, steps):
     keras.utils.set_random_seed(seed)
     shape = input_shape_for(model_name)
     model = build_model(model_name, shape, 10, MaskOptions(mask=mask, k=k, seed=seed))
-    compile_model(model, BenchConfig(jit_compile=jit_compile), steps)
+    compile_model(model, TrainConfig(optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=1e-4,
+                                     jit_compile=jit_compile), steps)
     return model
 
 
