@@ -75,7 +75,7 @@ def test_tensorboard_has_weights_remaining_and_score_histograms(tmp_path):
 
 
 def test_supermask_beats_chance_quickly(tmp_path):
-    results = train(tiny(tmp_path, train_size=2000, epochs=3, width=0.5))
+    results = train(tiny(tmp_path, train_size=2000, epochs=3, width=0.5, data_workers=2))
     assert results["test_accuracy"] > 0.6
 
 

@@ -39,6 +39,7 @@ class TrainConfig:
                                   "set is evaluated each epoch instead).")
     train_size: int = option(0, "Keep only this many training images (0: all).")
     augment: bool = option(False, "CIFAR augmentation: random crop (4-pixel padding), flip.")
+    data_workers: int = option(1, "Threads preparing training batches (more keep a GPU busy).")
 
     # Optimization.
     optimizer: str = option("sgd", "Optimizer.", ("sgd", "adam", "adamw", "rmsprop"))
@@ -112,4 +113,4 @@ class TrainConfig:
 
 # Fields that do not change what a run computes: ignored when deciding whether an
 # existing run directory was made with the same flags.
-RUN_CONTROL_FIELDS = ("run_dir", "overwrite", "export", "verbose")
+RUN_CONTROL_FIELDS = ("run_dir", "overwrite", "export", "verbose", "data_workers")

@@ -39,7 +39,7 @@ def make_batches(config, dataset, normalization):
     """(train batches, per-epoch evaluation batches, test batches)."""
     train = data_lib.ArrayBatches(dataset.x_train, dataset.y_train, config.batch_size, shuffle=True,
                                   augment=config.augment, seed=config.seed,
-                                  normalization=normalization)
+                                  normalization=normalization, workers=config.data_workers)
     test = data_lib.ArrayBatches(dataset.x_test, dataset.y_test, config.batch_size,
                                  normalization=normalization)
     if len(dataset.x_val):
