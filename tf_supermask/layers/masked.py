@@ -9,7 +9,7 @@ import keras
 from keras import ops
 
 from tf_supermask.layers.initializers import get_initializer
-from tf_supermask.layers.masks import MASK_MODES
+from tf_supermask.layers.masks import MASK_MODES, check_k
 
 
 class MaskedLayer(keras.layers.Layer):
@@ -39,10 +39,8 @@ class MaskedLayer(keras.layers.Layer):
                  eval_sample=False, seed=None, activation=None, **kwargs):
         super().__init__(**kwargs)
         self._mode = MASK_MODES.get(mask)()
-        if not 0.0 < float(k) <= 1.0:
-            raise ValueError(f"k is the fraction of weights kept and must be in (0, 1], got {k}")
         self.mask_mode = mask
-        self.k = float(k)
+        self.k = check_k(k)
         self.kernel_initializer = get_initializer(kernel_initializer)
         self.score_initializer = get_initializer(score_initializer)
         self.bias_initializer = get_initializer(bias_initializer)

@@ -23,6 +23,13 @@ SMALL_LAYER = 8192
 WIDE_DIGITS_FROM = 1 << 21
 
 
+def check_k(k, name="k"):
+    """Returns k as a float; raises a ValueError unless 0 < k <= 1."""
+    if not 0.0 < float(k) <= 1.0:
+        raise ValueError(f"{name} is the fraction of weights kept and must be in (0, 1], got {k}")
+    return float(k)
+
+
 def kept_count(k, size):
     """Number of weights a top-k layer keeps: round(k * size), at least 1."""
     return max(1, int(round(float(k) * int(size))))

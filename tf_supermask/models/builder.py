@@ -7,6 +7,7 @@ import keras
 
 from tf_supermask.layers import MaskedConv2D, MaskedDense, nonaffine_batchnorm
 from tf_supermask.layers.initializers import get_initializer
+from tf_supermask.layers.masks import check_k
 from tf_supermask.registry import Registry
 
 MODELS = Registry("model")
@@ -47,8 +48,7 @@ class MaskOptions:
     seed: int = 0
 
     def __post_init__(self):
-        if not 0.0 < float(self.k) <= 1.0:
-            raise ValueError(f"k is the fraction of weights kept and must be in (0, 1], got {self.k}")
+        check_k(self.k)
         if self.batchnorm not in BATCHNORMS:
             raise ValueError(f"batchnorm must be one of {BATCHNORMS}, got {self.batchnorm!r}")
         if self.width <= 0:

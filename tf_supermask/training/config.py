@@ -73,8 +73,9 @@ class TrainConfig:
     verbose: int = option(1, "Keras verbosity: 0 silent, 1 progress bar, 2 one line per epoch.")
 
     def __post_init__(self):
-        if not 0.0 < float(self.k) <= 1.0:
-            raise ValueError(f"--k is the fraction of weights kept and must be in (0, 1], got {self.k}")
+        from tf_supermask.layers.masks import check_k
+
+        check_k(self.k, "--k")
         if self.epochs < 1:
             raise ValueError(f"--epochs must be at least 1, got {self.epochs}")
         if self.batch_size < 1:
