@@ -105,12 +105,17 @@ def export_saved_model(model, path):
     model.export(path, format="tf_saved_model", verbose=False)
 
 
-def train(config: TrainConfig, callbacks=()):
+def train(config: TrainConfig, callbacks=(), prepare=None):
     """Runs (or resumes) one training run and writes its run directory.
 
     Args:
       config: the run's TrainConfig.
       callbacks: extra Keras callbacks.
+      prepare: optional ``prepare(model, train_batches, dataset)`` called on the
+        compiled model before its initial weights are saved and training starts:
+        the place to set masks or load weights (pruning at initialization, lottery
+        levels). It may return a dict that is merged into the results. On resume
+        it runs again, then the backup checkpoint overwrites what it set.
 
     Returns:
       The results dictionary also written to ``results.json``.
@@ -133,6 +138,7 @@ def train(config: TrainConfig, callbacks=()):
         steps_per_epoch = min(steps_per_epoch, config.steps_per_epoch)
     strategy = make_strategy(config.strategy)
     model = create_model(config, dataset, steps_per_epoch, strategy)
+    extra_results = (prepare(model, train_batches, dataset) if prepare else None) or {}
     initial_path = os.path.join(run_dir, INITIAL_WEIGHTS)
     if state == "new" or not os.path.exists(initial_path):
         os.makedirs(os.path.dirname(initial_path), exist_ok=True)
@@ -165,6 +171,7 @@ def train(config: TrainConfig, callbacks=()):
         "dataset_source": dataset.source,
         "backend": keras.backend.backend(),
     }
+    results.update(extra_results)
     if config.export:
         export_saved_model(model, os.path.join(run_dir, "saved_model"))
     run_dir_lib.write_json(os.path.join(run_dir, run_dir_lib.RESULTS_FILE), results)
