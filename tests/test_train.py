@@ -167,13 +167,29 @@ def test_missing_dataset_says_how_to_provide_it(tmp_path, monkeypatch):
     assert not (tmp_path / "run").exists()
 
 
+# The configuration each binary parses; a flagfile names its binary in a comment
+# ("tf-supermask-lottery ..."), tf-supermask-train otherwise.
+def _config_classes():
+    from tf_supermask.pruning.lottery import LotteryConfig
+
+    return {"train": TrainConfig, "lottery": LotteryConfig}
+
+
 @pytest.mark.parametrize("path", FLAGFILES, ids=[os.path.basename(p) for p in FLAGFILES])
 def test_every_flagfile_parses(path):
+    import re
+
+    from tf_supermask.models import MODELS
+
+    with open(path) as stream:
+        named = re.findall(r"tf-supermask-([a-z-]+)", stream.read())
+    binary = next((name for name in named if name != "report"), "train")
+    config_class = _config_classes()[binary]
     values = flags.FlagValues()
-    define_flags(TrainConfig, values)
-    values(["train", f"--flagfile={path}"])
-    config = from_flags(TrainConfig, values)
-    assert config.model in ("fc", "conv2", "conv4", "conv6", "conv8")
+    define_flags(config_class, values)
+    values(["prog", f"--flagfile={path}"])
+    config = from_flags(config_class, values)
+    assert config.model in MODELS.names()
 
 
 def _run_binary(args, cwd, env=None):

@@ -30,13 +30,16 @@ class MaskedLayer(keras.layers.Layer):
       eval_sample: "bernoulli" only: sample the mask at evaluation instead of
         thresholding sigmoid(score) at 0.5.
       seed: seed of the layer's mask sampling.
+      pruned_values: "fixed" only: pruned entries take the values of a frozen
+        ``pruned_values`` variable instead of zero (Zhou et al.'s "pruned weights
+        frozen at their initial value"); set it with ``set_pruned_values``.
       activation: activation applied to the output.
     """
 
     def __init__(self, mask="dense", k=0.5, kernel_initializer="glorot_uniform",
                  score_initializer="kaiming_uniform", bias_initializer="zeros", use_bias=True,
                  train_weights=None, train_bias=None, train_scores=True, rescale=False,
-                 eval_sample=False, seed=None, activation=None, **kwargs):
+                 eval_sample=False, seed=None, pruned_values=False, activation=None, **kwargs):
         super().__init__(**kwargs)
         self._mode = MASK_MODES.get(mask)()
         self.mask_mode = mask
@@ -51,6 +54,9 @@ class MaskedLayer(keras.layers.Layer):
         self.rescale = rescale
         self.eval_sample = eval_sample
         self.seed = seed
+        if pruned_values and mask != "fixed":
+            raise ValueError(f"pruned_values needs the fixed mask mode, not {mask!r}")
+        self.pruned_values = pruned_values
         self.activation = keras.activations.get(activation)
         self.seed_generator = keras.random.SeedGenerator(seed)
 
@@ -70,6 +76,10 @@ class MaskedLayer(keras.layers.Layer):
                                                initializer=self.kernel_initializer,
                                                trainable=self.train_weights)
         self._mode.build(self, shape)
+        self.pruned_values_variable = None
+        if self.pruned_values:
+            self.pruned_values_variable = self.add_weight(name="pruned_values", shape=shape,
+                                                          initializer="zeros", trainable=False)
         self.bias = None
         if self.use_bias:
             self.bias = self.add_weight(name="bias", shape=(self.output_channels(),),
@@ -83,6 +93,8 @@ class MaskedLayer(keras.layers.Layer):
         if mask is None:
             return ops.convert_to_tensor(kernel)
         kernel = kernel * mask
+        if self.pruned_values_variable is not None:
+            kernel = kernel + self.pruned_values_variable * (1.0 - mask)
         if self.rescale:
             kept = ops.maximum(ops.sum(ops.stop_gradient(mask)), 1.0)
             kernel = kernel * (float(ops.size(mask)) / kept)
@@ -113,6 +125,12 @@ class MaskedLayer(keras.layers.Layer):
         """Sets the binary mask ("fixed"; score modes set scores that reproduce it)."""
         self._mode.set_mask(self, mask)
 
+    def set_pruned_values(self, values):
+        """Values that pruned entries take ("fixed" mode built with pruned_values)."""
+        if self.pruned_values_variable is None:
+            raise ValueError(f"{self.name} was built without pruned_values")
+        self.pruned_values_variable.assign(ops.cast(values, self.pruned_values_variable.dtype))
+
     def get_config(self):
         config = super().get_config()
         config.update({
@@ -123,6 +141,7 @@ class MaskedLayer(keras.layers.Layer):
             "use_bias": self.use_bias, "train_weights": self.train_weights,
             "train_bias": self.train_bias, "train_scores": self.train_scores,
             "rescale": self.rescale, "eval_sample": self.eval_sample, "seed": self.seed,
+            "pruned_values": self.pruned_values,
             "activation": keras.activations.serialize(self.activation),
         })
         return config

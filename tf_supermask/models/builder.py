@@ -31,6 +31,7 @@ class MaskOptions:
       eval_sample: "bernoulli": sample the mask at evaluation.
       batchnorm: "none", "nonaffine" (edge-popup) or "affine", after hidden layers.
       width: width multiplier of hidden layers.
+      pruned_values: "fixed": pruned entries take frozen values (not zero).
       seed: base seed; layer i draws its weights, scores and samples from seed + i.
     """
 
@@ -45,6 +46,7 @@ class MaskOptions:
     eval_sample: bool = False
     batchnorm: str = "none"
     width: float = 1.0
+    pruned_values: bool = False
     seed: int = 0
 
     def __post_init__(self):
@@ -71,6 +73,7 @@ class MaskOptions:
         score_init = self.score_init or ("uniform" if self.mask == "bernoulli" else "kaiming_uniform")
         return dict(mask=self.mask, k=self.k, rescale=self.rescale, train_weights=train_weights,
                     use_bias=use_bias, eval_sample=self.eval_sample, seed=seed,
+                    pruned_values=self.pruned_values,
                     kernel_initializer=get_initializer(self.init, seed=seed, fan_scale=fan_scale),
                     score_initializer=get_initializer(score_init, seed=seed + 500),
                     activation=activation)

@@ -1,0 +1,116 @@
+"""Mask criteria of Zhou et al. (2019): score each weight from its initial and final value.
+
+A criterion maps (initial, final) arrays of one layer to scores; the pruning
+step keeps the highest scores (``select.top_masks``). Every base criterion
+also exists as ``<name>_same_sign``: weights whose sign flipped between
+initialization and the end of training rank below every weight that kept its
+sign (they are pruned first), and keep their order among themselves.
+"""
+
+import numpy as np
+
+from tf_supermask.registry import Registry
+
+CRITERIA = Registry("mask criterion")
+
+
+def _rank(values, eligible):
+    """Percentile rank in [0, 1] of each entry (ties by position).
+
+    Entries already pruned (not eligible) rank below all others, as in Zhou et
+    al.'s code, so the ranks of the eligible entries do not depend on the
+    values of pruned ones.
+    """
+    flat = np.where(eligible, values, -np.inf).reshape(-1)
+    order = np.argsort(flat, kind="stable")
+    ranks = np.empty(flat.size)
+    ranks[order] = np.arange(flat.size) / max(flat.size - 1, 1)
+    return ranks.reshape(values.shape)
+
+
+def _register(name):
+    def decorate(score):
+        CRITERIA.register(name)(score)
+        CRITERIA.register(f"{name}_same_sign")(_same_sign(score))
+        return score
+    return decorate
+
+
+def _same_sign(score):
+    def same_sign_score(initial, final, rng, eligible):
+        scores = np.asarray(score(initial, final, rng, eligible), np.float64)
+        flipped = np.sign(initial) != np.sign(final)
+        if not flipped.any():
+            return scores
+        # Shift flipped weights below the lowest kept-sign score, preserving their order.
+        span = np.ptp(scores) + 1.0
+        return np.where(flipped, scores - span, scores)
+    return same_sign_score
+
+
+@_register("large_final")
+def large_final(initial, final, rng, eligible):
+    return np.abs(final)
+
+
+@_register("small_final")
+def small_final(initial, final, rng, eligible):
+    return -np.abs(final)
+
+
+@_register("large_init")
+def large_init(initial, final, rng, eligible):
+    return np.abs(initial)
+
+
+@_register("small_init")
+def small_init(initial, final, rng, eligible):
+    return -np.abs(initial)
+
+
+@_register("large_init_large_final")
+def large_init_large_final(initial, final, rng, eligible):
+    # Zhou et al. keep the weights above one common percentile of |w_i| and of
+    # |w_f|: the lower of the two percentile ranks orders the weights the same way.
+    return np.minimum(_rank(np.abs(initial), eligible), _rank(np.abs(final), eligible))
+
+
+@_register("small_init_small_final")
+def small_init_small_final(initial, final, rng, eligible):
+    return np.minimum(_rank(-np.abs(initial), eligible), _rank(-np.abs(final), eligible))
+
+
+@_register("magnitude_increase")
+def magnitude_increase(initial, final, rng, eligible):
+    return np.abs(final) - np.abs(initial)
+
+
+@_register("movement")
+def movement(initial, final, rng, eligible):
+    return np.abs(final - initial)
+
+
+@_register("random")
+def random(initial, final, rng, eligible):
+    return rng.random(np.shape(final))
+
+
+def criterion_scores(name, initial, final, seed=0, eligible=None):
+    """{path: scores} of criterion `name` for {path: initial} and {path: final} weights.
+
+    `seed` drives the random criterion (each layer draws from its own stream);
+    `eligible` ({path: boolean array}, default all) marks the entries still kept.
+    """
+    score = CRITERIA.get(name)
+    missing = sorted(set(initial) ^ set(final))
+    if missing:
+        raise ValueError(f"initial and final weights differ in layers {missing}")
+    scores = {}
+    for index, path in enumerate(sorted(initial)):
+        w_i = np.asarray(initial[path], np.float64)
+        w_f = np.asarray(final[path], np.float64)
+        if w_i.shape != w_f.shape:
+            raise ValueError(f"{path}: initial shape {w_i.shape} != final shape {w_f.shape}")
+        keep = np.ones(w_i.shape, bool) if not eligible else np.asarray(eligible[path], bool)
+        scores[path] = score(w_i, w_f, np.random.default_rng([seed, index]), keep)
+    return scores
