@@ -52,21 +52,24 @@ def main():
                          prune_rate_dense=0.2, prune_rate_output=0.1, verbose=0,
                          strategy="one_device")
     start = time.time()
-    for seed in [int(s) for s in args.seeds.split(",")]:
-        for name in args.variants.split(","):
-            overrides, masks_of = VARIANTS[name]
-            run_dir = os.path.join(args.out, f"{name}_seed{seed}")
-            config = dataclasses.replace(
-                base, seed=seed, run_dir=run_dir, **overrides,
-                masks_from=os.path.join(args.out, f"{masks_of}_seed{seed}") if masks_of else "")
-            if os.path.exists(os.path.join(run_dir, "results.json")):
-                print(f"{run_dir}: done earlier", flush=True)
-                continue
-            t0 = time.time()
-            summary = run_lottery(config)
-            accuracies = " ".join(f"{100 * lv['test_accuracy']:.1f}" for lv in summary["levels"])
-            print(f"{run_dir}: {time.time() - t0:.0f}s, test accuracy by level: {accuracies}",
-                  flush=True)
+    chosen = args.variants.split(",")
+    # The ticket and its controls for every seed first, then the signed-constant runs.
+    order = [(seed, name) for names in (chosen[:3], chosen[3:])
+             for seed in [int(s) for s in args.seeds.split(",")] for name in names]
+    for seed, name in order:
+        overrides, masks_of = VARIANTS[name]
+        run_dir = os.path.join(args.out, f"{name}_seed{seed}")
+        config = dataclasses.replace(
+            base, seed=seed, run_dir=run_dir, **overrides,
+            masks_from=os.path.join(args.out, f"{masks_of}_seed{seed}") if masks_of else "")
+        if os.path.exists(os.path.join(run_dir, "results.json")):
+            print(f"{run_dir}: done earlier", flush=True)
+            continue
+        t0 = time.time()
+        summary = run_lottery(config)
+        accuracies = " ".join(f"{100 * lv['test_accuracy']:.1f}" for lv in summary["levels"])
+        print(f"{run_dir}: {time.time() - t0:.0f}s, test accuracy by level: {accuracies}",
+              flush=True)
     wall = time.time() - start
     print(f"study wall time {wall:.0f}s", flush=True)
     groups = {"": ["ticket", "random_reinit", "random_mask"],

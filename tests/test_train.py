@@ -248,3 +248,14 @@ def test_mirrored_over_two_cpus_matches_one_device(tmp_path):
     for one, two in zip(out["one_device"]["weights"], out["mirrored"]["weights"]):
         np.testing.assert_allclose(np.array(two), np.array(one), rtol=1e-3, atol=1e-4)
     assert out["mirrored"]["acc"] == pytest.approx(out["one_device"]["acc"], abs=0.01)
+
+
+def test_flag_added_by_newer_code_does_not_block_resuming(tmp_path):
+    from tf_supermask.training.run_dir import prepare
+
+    run_dir = str(tmp_path / "run")
+    assert prepare(run_dir, "--model=fc\n--k=0.5\n") == "new"
+    # The same run, restarted by code that has one more flag: resumed, not refused.
+    assert prepare(run_dir, "--model=fc\n--k=0.5\n--new_option=3\n") == "resume"
+    with pytest.raises(RunDirError, match="--k: 0.5 -> 0.3"):
+        prepare(run_dir, "--model=fc\n--k=0.3\n--new_option=3\n")

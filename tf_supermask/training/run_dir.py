@@ -81,7 +81,9 @@ def prepare(run_dir, flagfile_text, overwrite=False, ignore=()):
             with open(flags_path) as stream:
                 old = parse_flagfile(stream.read(), ignore)
             new = parse_flagfile(flagfile_text, ignore)
-            changed = sorted(name for name in set(old) | set(new) if old.get(name) != new.get(name))
+            # A flag only one side knows was added (or removed) by a newer version
+            # of the code: it does not make the runs differ.
+            changed = sorted(name for name in set(old) & set(new) if old[name] != new[name])
             if changed:
                 details = ", ".join(f"--{name}: {old.get(name)} -> {new.get(name)}"
                                     for name in changed)
