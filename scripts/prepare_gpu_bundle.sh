@@ -3,6 +3,7 @@
 # needs to run tf_supermask under KERAS_BACKEND=jax:
 #   .whl/  the Keras 3.15 wheel and the requirements the image lacks (namex, optree)
 #   .data/ the offline CIFAR-10 copy and its converter (from ../shared/datasets)
+# scripts/gpu_batch.sh uses both to run a job list (jobs/*.txt) there.
 # Both folders are git-ignored (.gitignore) and travel to the device only when
 # named in `carry`.
 #
@@ -87,3 +88,5 @@ fi
 echo
 echo "on the GPU machine (name .whl in carry; add .data when the run needs CIFAR-10):"
 echo "  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:\$PWD"
+echo "or run a whole job list there (installs the wheels, decodes CIFAR-10, runs under JAX):"
+echo "  bash scripts/gpu_batch.sh jobs/smoke.txt /tmp/smoke --parallel=4 --time_limit=480"

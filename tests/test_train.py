@@ -170,9 +170,12 @@ def test_missing_dataset_says_how_to_provide_it(tmp_path, monkeypatch):
 # The configuration each binary parses; a flagfile names its binary in a comment
 # ("tf-supermask-lottery ..."), tf-supermask-train otherwise.
 def _config_classes():
+    from tf_supermask.finetune import FinetuneConfig
+    from tf_supermask.pruning.init_run import PruneInitConfig
     from tf_supermask.pruning.lottery import LotteryConfig
 
-    return {"train": TrainConfig, "lottery": LotteryConfig}
+    return {"train": TrainConfig, "lottery": LotteryConfig, "finetune": FinetuneConfig,
+            "prune-init": PruneInitConfig}
 
 
 @pytest.mark.parametrize("path", FLAGFILES, ids=[os.path.basename(p) for p in FLAGFILES])
@@ -259,3 +262,15 @@ def test_flag_added_by_newer_code_does_not_block_resuming(tmp_path):
     assert prepare(run_dir, "--model=fc\n--k=0.5\n--new_option=3\n") == "resume"
     with pytest.raises(RunDirError, match="--k: 0.5 -> 0.3"):
         prepare(run_dir, "--model=fc\n--k=0.3\n--new_option=3\n")
+
+
+def test_unreadable_resume_checkpoint_restarts_instead_of_failing(tmp_path):
+    config = tiny(tmp_path, epochs=1)
+    run_dir = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        train(config, callbacks=[StopAfterEpoch(0)])
+    backup = run_dir / "checkpoints" / "backup"
+    (backup / "latest.weights.h5").write_bytes(b"\x89HDF\r\n\x1a\ncut short")  # killed mid-write
+    with pytest.warns(UserWarning, match="unreadable resume checkpoint"):
+        results = train(config)
+    assert 0.0 <= results["test_accuracy"] <= 1.0

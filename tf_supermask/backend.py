@@ -36,3 +36,58 @@ def histogram(ids, size, weights=None):
 
         return jnp.bincount(ids, weights=weights, length=size).astype("int32")
     raise NotImplementedError(f"histogram is not implemented for the {_backend()} backend")
+
+
+def gradient_function(loss_fn, variables, compile=False):
+    """A function ``f(*args) -> (loss_fn(*args), [d loss / d v for v in variables])``.
+
+    The gradients are taken with respect to the Keras variables' current
+    values; ``loss_fn`` reads the variables as usual (through layers and
+    ``keras.ops``), so callers never touch backend autodiff. Calls nest: a
+    ``loss_fn`` may itself call ``value_and_grads`` on the same variables,
+    which gives second derivatives by double backprop (GraSP's Hessian-gradient
+    product). Variables a loss does not reach get zero gradients.
+
+    Args:
+      loss_fn: callable returning a scalar tensor.
+      variables: the ``keras.Variable`` objects to differentiate against.
+      compile: compile the function (``tf.function`` / ``jax.jit``); worth it
+        when it is called on many batches of the same shape.
+    """
+    variables = list(variables)
+    if _backend() == "tensorflow":
+        import tensorflow as tf
+
+        def call(*args):
+            values = [variable.value for variable in variables]
+            with tf.GradientTape(watch_accessed_variables=False) as tape:
+                tape.watch(values)
+                loss = loss_fn(*args)
+            grads = tape.gradient(loss, values,
+                                  unconnected_gradients=tf.UnconnectedGradients.ZERO)
+            return loss, list(grads)
+
+        return tf.function(call, reduce_retracing=True) if compile else call
+    if _backend() == "jax":
+        import jax
+
+        def pure(values, *args):
+            # The variables read the traced values instead of their own state.
+            with keras.StatelessScope(state_mapping=list(zip(variables, values))):
+                return loss_fn(*args)
+
+        value_and_grad = jax.value_and_grad(pure)
+        if compile:
+            value_and_grad = jax.jit(value_and_grad)
+
+        def call(*args):
+            loss, grads = value_and_grad([variable.value for variable in variables], *args)
+            return loss, list(grads)
+
+        return call
+    raise NotImplementedError(f"gradients are not implemented for the {_backend()} backend")
+
+
+def value_and_grads(loss_fn, variables, *args):
+    """``(loss_fn(*args), gradients)`` with respect to ``variables``; see ``gradient_function``."""
+    return gradient_function(loss_fn, variables)(*args)

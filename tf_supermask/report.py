@@ -53,7 +53,8 @@ def collect(run_dirs):
     if not run_dirs:
         raise ValueError("no run directories given")
     entries = [entry for run_dir in run_dirs for entry in _points_of(run_dir)]
-    names = sorted({name for flags, _ in entries for name in flags} - set(IGNORED_FLAGS))
+    # Flags some runs lack were added by newer code: they do not tell variants apart.
+    names = sorted(set.intersection(*(set(flags) for flags, _ in entries)) - set(IGNORED_FLAGS))
     lottery = any("levels" in read_json(os.path.join(d, RESULTS_FILE)) for d in run_dirs)
     ignored = set() if lottery else {"k"}
     varying = [name for name in names if name not in ignored

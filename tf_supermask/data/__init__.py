@@ -1,4 +1,5 @@
-"""The data layer: datasets from the shipped sample, offline .npz files or TFDS,
+"""The data layer: datasets from the shipped sample, offline .npz files, image
+folders (TinyImageNet-200) or TFDS,
 and NumPy batch pipelines for Keras.
 
 Importing this package needs NumPy and Keras only; TensorFlow and
@@ -12,8 +13,11 @@ from tf_supermask.data.sources import (
     Dataset,
     DatasetNotFoundError,
     DatasetSpec,
+    IMAGE_FOLDER_DATASETS,
+    ImageFolderError,
     dataset_names,
     load_dataset,
+    load_image_folder,
     load_npz,
     load_sample,
     load_tfds,
@@ -28,8 +32,11 @@ __all__ = [
     "Dataset",
     "DatasetNotFoundError",
     "DatasetSpec",
+    "IMAGE_FOLDER_DATASETS",
+    "ImageFolderError",
     "dataset_names",
     "load_dataset",
+    "load_image_folder",
     "load_npz",
     "load_sample",
     "load_tfds",

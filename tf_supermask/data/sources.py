@@ -1,4 +1,4 @@
-"""Where datasets come from: the shipped sample, offline .npz files and TFDS.
+"""Where datasets come from: the shipped sample, offline .npz files, image folders, TFDS.
 
 Every source ends in the same in-memory `Dataset` of uint8 NHWC images and
 int64 labels. Only `load_tfds` touches TensorFlow, and it imports
@@ -6,9 +6,12 @@ int64 labels. Only `load_tfds` touches TensorFlow, and it imports
 `tf_supermask.data` package) works on a machine without TensorFlow.
 """
 
+import concurrent.futures
 import dataclasses
+import hashlib
 import importlib.resources
 import os
+import warnings
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -68,8 +71,20 @@ for _spec in (
 del _spec
 
 
+# Datasets that come as an image folder (no TFDS builder): name -> folder names
+# looked for in the data directory.
+IMAGE_FOLDER_DATASETS = {"tiny_imagenet": ("tiny-imagenet-200", "tiny_imagenet")}
+IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png")
+IMAGE_FOLDER_CACHE = "tf_supermask_decoded.npz"
+VAL_ANNOTATIONS = "val_annotations.txt"
+
+
 def dataset_names() -> List[str]:
-    """Names `load_dataset` accepts besides a path to a `.npz` file."""
+    """Registered names of the TFDS-backed datasets and the sample.
+
+    `load_dataset` also takes the image-folder names of `IMAGE_FOLDER_DATASETS`
+    ("tiny_imagenet"), a path to a `.npz` file and a path to an image folder.
+    """
     return DATASETS.names()
 
 
@@ -137,14 +152,21 @@ def load_dataset(
     Sources, in order:
       * `name == "sample"`: the Fashion-MNIST sample shipped in the package.
       * `name` is a path to a `.npz` file: that file.
+      * `name` is a path to a folder: `load_image_folder` (TinyImageNet layout).
       * `name` is one of `dataset_names()`: `{name}.npz` in
         `npz_search_dir(data_dir)`, else TFDS (`data_dir` is passed to
         `tfds.load` as its data directory).
+      * `name` is "tiny_imagenet": `tiny_imagenet.npz` in the search directory,
+        else a folder `tiny-imagenet-200` or `tiny_imagenet` in it (or the
+        search directory itself when it has the layout). TFDS has no
+        TinyImageNet builder. Its test labels are unpublished, so the test set
+        is the labelled validation split.
 
     Args:
-      name: a name from `dataset_names()` or a path to a `.npz` file holding
-        `x_train, y_train, x_test, y_test` (and optionally `class_names`).
-      data_dir: directory of offline `.npz` files and of TFDS data; see
+      name: a name from `dataset_names()`, "tiny_imagenet", a path to a `.npz`
+        file holding `x_train, y_train, x_test, y_test` (and optionally
+        `class_names`), or a path to an image folder (see `load_image_folder`).
+      data_dir: directory of offline `.npz` files, image folders and TFDS data; see
         `npz_search_dir` for the default.
       validation_size: number of training images held out as `x_val, y_val`,
         drawn uniformly at random (training files are often sorted by class).
@@ -164,8 +186,16 @@ def load_dataset(
         dataset = load_npz(name)
     elif name == "sample":
         dataset = load_sample()
+    elif name in IMAGE_FOLDER_DATASETS:
+        dataset = _load_named_image_folder(name, data_dir)
+    elif name not in DATASETS and os.path.isdir(os.path.expanduser(name)):
+        dataset = load_image_folder(name)
     else:
-        DATASETS.get(name)  # raises a ValueError listing the known names
+        if name not in DATASETS:
+            raise ValueError(
+                f"unknown dataset {name!r}; choose one of: "
+                f"{', '.join(sorted(DATASETS.names() + list(IMAGE_FOLDER_DATASETS)))}, "
+                f"or give the path of an .npz file or of an image folder")
         npz_path = os.path.join(npz_search_dir(data_dir), f"{name}.npz")
         if os.path.isfile(npz_path):
             dataset = load_npz(npz_path, name=name)
@@ -218,6 +248,223 @@ def load_npz(path: str, name: Optional[str] = None) -> Dataset:
         arrays = {key: contents[key] for key in NPZ_KEYS}
         class_names = contents["class_names"].tolist() if "class_names" in contents else None
     return _make_dataset(name, arrays, class_names, source=f"npz:{path}")
+
+
+class ImageFolderError(ValueError):
+    """A folder does not have the image-folder (TinyImageNet) layout."""
+
+
+def load_image_folder(path: str, name: Optional[str] = None,
+                      cache: Union[bool, str] = True) -> Dataset:
+    """Loads a classification image folder in TinyImageNet-200's layout.
+
+    Layout (that of the official `tiny-imagenet-200.zip`)::
+
+        PATH/train/<wnid>/images/*.JPEG     training images, one folder per class
+        PATH/val/images/*.JPEG              validation images
+        PATH/val/val_annotations.txt        "<file>\t<wnid>[\t<box>...]" per image
+        PATH/wnids.txt                      optional: the class wnids, one a line
+
+    Class ids follow the sorted wnids (as torchvision's ImageFolder), so they do
+    not depend on the order of `wnids.txt`; when that file exists it must list
+    exactly the training classes. The unlabelled `test/` folder is ignored: the
+    test set of the returned `Dataset` is the labelled **validation split**
+    (TinyImageNet's test labels were never published).
+
+    Images are decoded with Pillow to RGB uint8 arrays (grayscale JPEGs become
+    three equal channels); all must have one size (64x64 for TinyImageNet).
+    Decoding 110,000 images takes a minute or two, so the arrays are cached.
+
+    Args:
+      path: the folder.
+      name: dataset name (default: the folder's name).
+      cache: True: cache the decoded arrays in `PATH/tf_supermask_decoded.npz`
+        (1.4 GB for TinyImageNet; skipped with a warning when the folder is
+        read-only); a string: cache at that path; False: no cache. A cache is
+        used only while the folder's file list and sizes are unchanged.
+
+    Returns:
+      The `Dataset` (no validation rows; `x_test` = the validation split).
+
+    Raises:
+      DatasetNotFoundError: `path` is not a folder.
+      ImageFolderError: the folder does not have the layout above, or images
+        differ in size.
+    """
+    folder = os.path.abspath(os.path.expanduser(path))
+    if not os.path.isdir(folder):
+        raise DatasetNotFoundError(f"no image folder at {folder}; it must hold "
+                                   f"{_image_folder_layout()}")
+    name = name or os.path.basename(folder.rstrip(os.sep))
+    wnids, train_files, val_files, val_wnids = _scan_image_folder(folder)
+    fingerprint = _fingerprint(folder, train_files + val_files)
+    cache_path = (os.path.join(folder, IMAGE_FOLDER_CACHE) if cache is True
+                  else os.path.abspath(os.path.expanduser(cache)) if cache else None)
+    arrays = _read_cache(cache_path, fingerprint) if cache_path else None
+    if arrays is None:
+        index = {wnid: label for label, wnid in enumerate(wnids)}
+        train_labels = [index[os.path.basename(os.path.dirname(os.path.dirname(file)))]
+                        for file in train_files]
+        arrays = {
+            "x_train": _decode_images(folder, train_files),
+            "y_train": np.asarray(train_labels, np.int64),
+            "x_test": _decode_images(folder, val_files),
+            "y_test": np.asarray([index[wnid] for wnid in val_wnids], np.int64),
+        }
+        if arrays["x_train"].shape[1:] != arrays["x_test"].shape[1:]:
+            raise ImageFolderError(f"{folder}: training images are {arrays['x_train'].shape[1:]}"
+                                   f" but validation images {arrays['x_test'].shape[1:]}")
+        if cache_path:
+            _write_cache(cache_path, arrays, fingerprint)
+    return _make_dataset(name, arrays, list(wnids), source=f"image_folder:{folder}")
+
+
+def _image_folder_layout() -> str:
+    return ("train/<wnid>/images/*.JPEG (one folder per class), val/images/*.JPEG and "
+            f"val/{VAL_ANNOTATIONS} (lines '<file>\t<wnid>...'), optionally wnids.txt: "
+            "the layout of TinyImageNet-200 (tiny-imagenet-200.zip)")
+
+
+def _is_image(file_name: str) -> bool:
+    return file_name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def _scan_image_folder(folder: str):
+    """(sorted wnids, train files, val files, val wnids); files relative to `folder`."""
+    def malformed(problem):
+        return ImageFolderError(f"{folder} is not an image folder: {problem}. Expected "
+                                f"{_image_folder_layout()}")
+
+    train_dir = os.path.join(folder, "train")
+    if not os.path.isdir(train_dir):
+        raise malformed("it has no train/ folder")
+    wnids = sorted(entry for entry in os.listdir(train_dir)
+                   if os.path.isdir(os.path.join(train_dir, entry)))
+    if not wnids:
+        raise malformed("train/ has no class folders")
+    train_files = []
+    for wnid in wnids:
+        images_dir = os.path.join(train_dir, wnid, "images")
+        files = sorted(f for f in os.listdir(images_dir) if _is_image(f)) \
+            if os.path.isdir(images_dir) else []
+        if not files:
+            raise malformed(f"train/{wnid}/images/ is missing or holds no images")
+        train_files.extend(os.path.join("train", wnid, "images", f) for f in files)
+    listed_path = os.path.join(folder, "wnids.txt")
+    if os.path.isfile(listed_path):
+        with open(listed_path) as handle:
+            listed = sorted(line.strip() for line in handle if line.strip())
+        if listed != wnids:
+            raise malformed(f"wnids.txt lists {len(listed)} classes that differ from the "
+                            f"{len(wnids)} folders in train/ (e.g. "
+                            f"{sorted(set(listed) ^ set(wnids))[:3]})")
+    val_images = os.path.join(folder, "val", "images")
+    annotations_path = os.path.join(folder, "val", VAL_ANNOTATIONS)
+    if not os.path.isdir(val_images):
+        raise malformed("it has no val/images/ folder")
+    if not os.path.isfile(annotations_path):
+        raise malformed(f"it has no val/{VAL_ANNOTATIONS}")
+    annotations = {}
+    with open(annotations_path) as handle:
+        for number, line in enumerate(handle, 1):
+            fields = line.split()
+            if not fields:
+                continue
+            if len(fields) < 2:
+                raise malformed(f"val/{VAL_ANNOTATIONS} line {number} has no class: {line!r}")
+            if fields[1] not in wnids:
+                raise malformed(f"val/{VAL_ANNOTATIONS} line {number}: class {fields[1]!r} "
+                                f"has no train/ folder")
+            annotations[fields[0]] = fields[1]
+    present = sorted(f for f in os.listdir(val_images) if _is_image(f))
+    missing = sorted(set(annotations) - set(present))
+    unlabelled = sorted(set(present) - set(annotations))
+    if missing:
+        raise malformed(f"val/{VAL_ANNOTATIONS} names {len(missing)} images not in "
+                        f"val/images/ (e.g. {missing[:3]})")
+    if unlabelled:
+        raise malformed(f"{len(unlabelled)} images of val/images/ have no line in "
+                        f"val/{VAL_ANNOTATIONS} (e.g. {unlabelled[:3]})")
+    if not present:
+        raise malformed("val/images/ holds no images")
+    val_files = [os.path.join("val", "images", f) for f in present]
+    return wnids, train_files, val_files, [annotations[f] for f in present]
+
+
+def _fingerprint(folder: str, files: Sequence[str]) -> str:
+    """Hash of the relative paths and sizes of `files`: changes when the folder does."""
+    digest = hashlib.sha256()
+    for file in files:
+        digest.update(f"{file}\0{os.path.getsize(os.path.join(folder, file))}\n".encode())
+    return digest.hexdigest()
+
+
+def _decode_images(folder: str, files: Sequence[str]) -> np.ndarray:
+    """Decodes images to one uint8 (N, H, W, 3) array with Pillow, on a thread pool."""
+    try:
+        from PIL import Image
+    except ImportError as error:
+        raise ImportError("image folders are decoded with Pillow: pip install Pillow") from error
+
+    def decode(file):
+        with Image.open(os.path.join(folder, file)) as image:
+            return np.asarray(image.convert("RGB"), np.uint8)
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        images = list(pool.map(decode, files))
+    shapes = {image.shape for image in images}
+    if len(shapes) > 1:
+        first = images[0].shape
+        odd = next(file for file, image in zip(files, images) if image.shape != first)
+        raise ImageFolderError(f"{folder}: images differ in size, e.g. {files[0]} is "
+                               f"{first[:2]} and {odd} is {shapes - {first}}")
+    return np.stack(images)
+
+
+def _read_cache(path: str, fingerprint: str) -> Optional[Dict[str, np.ndarray]]:
+    if not os.path.isfile(path):
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as contents:
+            if str(contents["fingerprint"]) != fingerprint:
+                return None
+            return {key: contents[key] for key in NPZ_KEYS}
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def _write_cache(path: str, arrays: Dict[str, np.ndarray], fingerprint: str):
+    temporary = path + ".tmp.npz"
+    try:
+        np.savez(temporary, fingerprint=np.asarray(fingerprint), **arrays)
+        os.replace(temporary, path)
+    except OSError as error:
+        warnings.warn(f"could not cache the decoded images at {path}: {error}")
+        if os.path.exists(temporary):
+            os.remove(temporary)
+
+
+def _load_named_image_folder(name: str, data_dir: Optional[str]) -> Dataset:
+    """An image-folder dataset by name: `{name}.npz`, else its folder, in the search dir."""
+    search_dir = npz_search_dir(data_dir)
+    npz_path = os.path.join(search_dir, f"{name}.npz")
+    if os.path.isfile(npz_path):
+        return load_npz(npz_path, name=name)
+    candidates = [os.path.join(search_dir, folder) for folder in IMAGE_FOLDER_DATASETS[name]]
+    candidates.append(search_dir)
+    for folder in candidates:
+        if os.path.isdir(os.path.join(folder, "train")):
+            return load_image_folder(folder, name=name)
+    raise DatasetNotFoundError(
+        f"dataset {name!r} is not available: TFDS has no builder for it, and neither "
+        f"{npz_path} nor an image folder {' or '.join(candidates[:-1])} exists.\n"
+        f"Provide it in one of these ways:\n"
+        f"  * download tiny-imagenet-200.zip (http://cs231n.stanford.edu/tiny-imagenet-200.zip) "
+        f"and unzip it into the directory given by --data_dir, else ${DATA_DIR_ENV_VAR}, "
+        f"else {DEFAULT_DATA_DIR}, so that it holds tiny-imagenet-200/ with "
+        f"{_image_folder_layout()};\n"
+        f"  * or pass the folder's path as the dataset name;\n"
+        f"  * or write {name}.npz with the keys {_npz_layout()} into that directory.")
 
 
 def load_tfds(name: str, data_dir: Optional[str] = None) -> Dataset:

@@ -5,6 +5,8 @@ mode (see ``masks.py``) owns the scores or the fixed mask. Like Keras's LoRA
 Dense, the ``kernel`` property returns the effective (evaluation) kernel.
 """
 
+import math
+
 import keras
 from keras import ops
 
@@ -97,7 +99,7 @@ class MaskedLayer(keras.layers.Layer):
             kernel = kernel + self.pruned_values_variable * (1.0 - mask)
         if self.rescale:
             kept = ops.maximum(ops.sum(ops.stop_gradient(mask)), 1.0)
-            kernel = kernel * (float(ops.size(mask)) / kept)
+            kernel = kernel * (float(math.prod(self.kernel_variable.shape)) / kept)
         return kernel
 
     @property

@@ -215,4 +215,5 @@ class FixedMode(MaskMode):
         if tuple(mask.shape) != tuple(layer.mask_variable.shape):
             raise ValueError(f"mask for {layer.kernel_variable.path} has shape {tuple(mask.shape)}, "
                              f"expected {tuple(layer.mask_variable.shape)}")
-        layer.mask_variable.assign(ops.cast(mask != 0, layer.mask_variable.dtype))
+        layer.mask_variable.assign(ops.cast(ops.cast(mask, "float32") != 0,
+                                            layer.mask_variable.dtype))

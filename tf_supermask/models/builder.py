@@ -33,6 +33,13 @@ class MaskOptions:
       width: width multiplier of hidden layers.
       pruned_values: "fixed": pruned entries take frozen values (not zero).
       seed: base seed; layer i draws its weights, scores and samples from seed + i.
+      prune_first_layer: whether the first layer a model builds (the one reading
+        the input) is masked like the others (True), or is an unpruned
+        dense-mode layer whose weights train unless ``train_weights`` is False
+        (False). None: the model's default, set by its builder with
+        ``set_first_layer_default``: pruned in fc and conv2..conv8 (Frankle &
+        Carbin, Zhou et al., edge-popup mask every layer), unpruned in the VGG,
+        ResNet and MobileNet-v2 models (Liu et al. leave the first conv dense).
     """
 
     mask: str = "dense"
@@ -48,6 +55,7 @@ class MaskOptions:
     width: float = 1.0
     pruned_values: bool = False
     seed: int = 0
+    prune_first_layer: Optional[bool] = None
 
     def __post_init__(self):
         check_k(self.k)
@@ -56,36 +64,60 @@ class MaskOptions:
         if self.width <= 0:
             raise ValueError(f"width must be positive, got {self.width}")
         self._index = 0
+        self._first_layer_default = True
+
+    def set_first_layer_default(self, pruned):
+        """A builder's default for ``prune_first_layer`` (call before creating layers)."""
+        self._first_layer_default = bool(pruned)
+
+    def first_layer_pruned(self):
+        """Whether the model's first layer gets the run's mask mode."""
+        if self.prune_first_layer is None:
+            return self._first_layer_default
+        return bool(self.prune_first_layer)
 
     def scaled(self, channels):
         """A hidden layer's width under the width multiplier (at least 1)."""
         return max(1, int(round(channels * self.width)))
 
-    def _layer_kwargs(self, activation):
+    def _layer_kwargs(self, activation, use_bias=None):
         from tf_supermask.layers.masks import MASK_MODES
 
-        mode = MASK_MODES.get(self.mask)
+        # The first layer, when left unpruned, is a dense-mode layer whose weights train.
+        unpruned = self._index == 0 and not self.first_layer_pruned()
+        mask = "dense" if unpruned else self.mask
+        mode = MASK_MODES.get(mask)
         seed = self.seed * 1000 + self._index
         self._index += 1
         train_weights = mode.default_train_weights if self.train_weights is None else self.train_weights
-        use_bias = train_weights if self.use_bias is None else self.use_bias
-        fan_scale = self.k if self.scale_fan else 1.0
+        if use_bias is None:
+            use_bias = train_weights if self.use_bias is None else self.use_bias
+        fan_scale = self.k if self.scale_fan and not unpruned else 1.0
         score_init = self.score_init or ("uniform" if self.mask == "bernoulli" else "kaiming_uniform")
-        return dict(mask=self.mask, k=self.k, rescale=self.rescale, train_weights=train_weights,
+        return dict(mask=mask, k=self.k, rescale=self.rescale and not unpruned,
+                    train_weights=train_weights,
                     use_bias=use_bias, eval_sample=self.eval_sample, seed=seed,
-                    pruned_values=self.pruned_values,
+                    pruned_values=self.pruned_values and not unpruned,
                     kernel_initializer=get_initializer(self.init, seed=seed, fan_scale=fan_scale),
                     score_initializer=get_initializer(score_init, seed=seed + 500),
                     activation=activation)
 
-    def dense(self, units, activation=None, name=None):
-        """A masked Dense layer with the next per-layer seed."""
-        return MaskedDense(units, name=name, **self._layer_kwargs(activation))
+    def dense(self, units, activation=None, name=None, use_bias=None):
+        """A masked Dense layer with the next per-layer seed.
 
-    def conv(self, filters, kernel_size=3, strides=1, activation=None, name=None, groups=1):
-        """A masked Conv2D layer (same padding) with the next per-layer seed."""
+        ``use_bias`` overrides the options' choice (None: keep it).
+        """
+        return MaskedDense(units, name=name, **self._layer_kwargs(activation, use_bias))
+
+    def conv(self, filters, kernel_size=3, strides=1, activation=None, name=None, groups=1,
+             use_bias=None):
+        """A masked Conv2D layer (same padding) with the next per-layer seed.
+
+        ``use_bias`` overrides the options' choice (None: keep it); convs followed
+        by BatchNorm pass False.
+        """
         return MaskedConv2D(filters, kernel_size, strides=strides, padding="same", groups=groups,
-                            name=name, **self._layer_kwargs(activation))
+                            name=name, **self._layer_kwargs(activation, use_bias))
 
     def norm(self, name=None):
         """The configured BatchNorm layer, or None."""

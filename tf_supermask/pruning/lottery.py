@@ -120,10 +120,15 @@ def default_experiment_dir(config, root="runs"):
 
 # Weights and masks as {kernel path: numpy array} ------------------------------------------
 
+def _pruned_layers(model):
+    """Masked layers that prune (an unpruned first layer in dense mode is left out)."""
+    return [layer for layer in masked_layers(model) if layer.is_masked]
+
+
 def kernels(model):
-    """{kernel path: raw kernel values} of the masked layers."""
+    """{kernel path: raw kernel values} of the layers that prune."""
     return {layer.kernel_variable.path: keras.ops.convert_to_numpy(layer.kernel_variable)
-            for layer in masked_layers(model)}
+            for layer in _pruned_layers(model)}
 
 
 def load_weights(model, path):
@@ -138,14 +143,14 @@ def load_weights(model, path):
 
 
 def set_kernels(model, values):
-    layers = {layer.kernel_variable.path: layer for layer in masked_layers(model)}
+    layers = {layer.kernel_variable.path: layer for layer in _pruned_layers(model)}
     for path, value in values.items():
         layers[path].kernel_variable.assign(value)
 
 
 def layer_kinds(model):
     """{kernel path: "conv" | "dense" | "output"}; the last masked layer is the output."""
-    layers = masked_layers(model)
+    layers = _pruned_layers(model)
     kinds = {layer.kernel_variable.path: "conv" if isinstance(layer, MaskedConv2D) else "dense"
              for layer in layers}
     kinds[layers[-1].kernel_variable.path] = "output"
@@ -243,7 +248,7 @@ def reinitialized(mode, rewind, masks, fresh, initial_std, keep_signs, rng):
 def fresh_kernels(model, seed):
     """A new draw of every masked kernel from its layer's initializer under another seed."""
     values = {}
-    for index, layer in enumerate(masked_layers(model)):
+    for index, layer in enumerate(_pruned_layers(model)):
         init = layer.kernel_initializer
         config = init.get_config()
         if "seed" in config:
@@ -438,7 +443,7 @@ class _LevelSetup:
             set_masks(model, masks)
         frozen = pruned_values(config.pruned_weights, initial, self._final(), masks)
         if frozen is not None:
-            for layer in masked_layers(model):
+            for layer in _pruned_layers(model):
                 layer.set_pruned_values(frozen[layer.kernel_variable.path])
         fresh = (fresh_kernels(model, config.seed * 1000 + level) if config.reinit == "reinit"
                  else None)

@@ -1,6 +1,12 @@
-"""Callbacks that put mask statistics into the epoch logs (and so into TensorBoard and CSV)."""
+"""Callbacks that put mask statistics into the epoch logs (and so into TensorBoard and CSV),
+and draw the masks as TensorBoard images."""
+
+import math
+import os
+import warnings
 
 import keras
+import numpy as np
 
 from tf_supermask.layers import weights_remaining
 
@@ -37,3 +43,133 @@ def tensorboard_available():
     except ImportError:
         return False
     return tensorflow_available()
+
+
+# Mask images: kept weights white, pruned black, the gaps between one filter's
+# input-channel patches grey, the gaps between filters a dark red.
+KEPT, PRUNED, PATCH_GAP = 1.0, 0.0, 0.5
+FILTER_GAP_RGB = (0.55, 0.1, 0.1)
+_FILTER_GAP = -1.0  # marker until the image is coloured
+
+
+def _grid(tiles, gap, fill):
+    """Lays (n, h, w) tiles out in a near-square grid with `gap` pixels of `fill` between them."""
+    count, height, width = tiles.shape
+    columns = int(math.ceil(math.sqrt(count)))
+    rows = int(math.ceil(count / columns))
+    padded = np.full((rows * columns, height + gap, width + gap), fill, dtype=np.float32)
+    padded[:count, :height, :width] = tiles
+    image = padded.reshape(rows, columns, height + gap, width + gap).transpose(0, 2, 1, 3)
+    image = image.reshape(rows * (height + gap), columns * (width + gap))
+    return image[:image.shape[0] - gap, :image.shape[1] - gap] if gap else image
+
+
+def _shrink(image, max_side):
+    """Averages blocks of pixels so that neither side exceeds `max_side` (grey = partly kept)."""
+    factor = int(math.ceil(max(image.shape[:2]) / max_side))
+    if factor <= 1:
+        return image
+    rows = int(math.ceil(image.shape[0] / factor)) * factor
+    columns = int(math.ceil(image.shape[1] / factor)) * factor
+    padded = np.full((rows, columns, image.shape[2]), PATCH_GAP, dtype=np.float32)
+    padded[:image.shape[0], :image.shape[1]] = image
+    return padded.reshape(rows // factor, factor, columns // factor, factor,
+                          image.shape[2]).mean(axis=(1, 3))
+
+
+def mask_image(mask, max_side=2048):
+    """An RGB float image (H, W, 3) in [0, 1] of a binary mask: kept white, pruned black.
+
+    Layouts:
+      - Dense kernel (inputs, units): one row per unit, one column per input
+        (the transposed kernel), so a row shows which inputs a unit still reads.
+      - Conv kernel (kh, kw, in, out): one tile per filter (output channel),
+        tiles in a near-square grid (filter f at row f // columns, column
+        f % columns) separated by 2 dark-red pixels. A tile holds the filter's
+        kh x kw patch for each input channel, patches in a near-square grid
+        (channel c at row c // columns, column c % columns) separated by 1 grey
+        pixel (no separator for 1x1 kernels).
+      - Other shapes: flattened to (-1, last axis) and drawn like a Dense kernel.
+
+    Images larger than `max_side` on a side are shrunk by averaging square
+    blocks, so a pixel's grey level is the fraction of its block that is kept.
+    """
+    mask = (np.asarray(mask) != 0).astype(np.float32)
+    if mask.ndim == 4:
+        kh, kw, channels, filters = mask.shape
+        patches = np.transpose(mask, (3, 2, 0, 1)).reshape(filters * channels, kh, kw)
+        patch_gap = 1 if kh * kw > 1 else 0
+        tiles = np.stack([_grid(patches[f * channels:(f + 1) * channels], patch_gap, PATCH_GAP)
+                          for f in range(filters)])
+        image = _grid(tiles, 2, _FILTER_GAP)
+    else:
+        image = mask.reshape(-1, mask.shape[-1] if mask.ndim else 1).T
+    rgb = np.repeat(image[:, :, np.newaxis], 3, axis=2)
+    rgb[image == _FILTER_GAP] = FILTER_GAP_RGB
+    return _shrink(rgb, max_side)
+
+
+class MaskImageLogger(keras.callbacks.Callback):
+    """Writes each masked layer's binary mask as a TensorBoard image (see ``mask_image``).
+
+    Images go to ``<log_dir>/masks`` under the tag ``mask/<kernel path>``, at
+    the end of every `every_n_epochs`-th epoch and of the last epoch, with the
+    epoch index as the step (as Keras's TensorBoard callback uses). Score (and
+    weight) histograms are not written here: Keras's TensorBoard callback with
+    ``histogram_freq=1`` already writes one per variable, scores included.
+    Without TensorFlow (a JAX-only machine) the callback does nothing.
+
+    Args:
+      log_dir: the TensorBoard folder (the run's ``tensorboard/``).
+      every_n_epochs: how often to draw the masks.
+      max_side: larger images are shrunk to this many pixels per side.
+    """
+
+    def __init__(self, log_dir, every_n_epochs=1, max_side=2048):
+        super().__init__()
+        if every_n_epochs < 1:
+            raise ValueError(f"every_n_epochs must be at least 1, got {every_n_epochs}")
+        self.log_dir = log_dir
+        self.every_n_epochs = int(every_n_epochs)
+        self.max_side = int(max_side)
+        self._writer = None
+        self._last_epoch = None
+        self._last_written = None
+
+    def on_train_begin(self, logs=None):
+        if not tensorboard_available():
+            warnings.warn("TensorFlow/TensorBoard missing: mask images are not written")
+            return
+        import tensorflow as tf
+
+        self._writer = tf.summary.create_file_writer(os.path.join(self.log_dir, "masks"))
+
+    def write_masks(self, step):
+        """Draws every masked layer's current mask at `step`."""
+        if self._writer is None:
+            return
+        import tensorflow as tf
+
+        from tf_supermask.layers import masked_layers
+
+        with self._writer.as_default():
+            for layer in masked_layers(self.model):
+                if not layer.is_masked:
+                    continue
+                image = mask_image(keras.ops.convert_to_numpy(layer.get_mask()), self.max_side)
+                tf.summary.image(f"mask/{layer.kernel_variable.path}", image[np.newaxis],
+                                 step=step, max_outputs=1)
+        self._writer.flush()
+        self._last_written = step
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._last_epoch = epoch
+        if (epoch + 1) % self.every_n_epochs == 0:
+            self.write_masks(epoch)
+
+    def on_train_end(self, logs=None):
+        if self._last_epoch is not None and self._last_written != self._last_epoch:
+            self.write_masks(self._last_epoch)
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None

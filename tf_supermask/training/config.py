@@ -18,7 +18,8 @@ class TrainConfig:
     k: float = option(0.5, "Fraction of weights KEPT per layer by the topk mask, in (0, 1].")
     init: str = option("kaiming_normal", "Weight initializer: glorot_normal, glorot_uniform, "
                        "kaiming_normal, kaiming_uniform, signed_kaiming_constant, "
-                       "signed_glorot_constant.")
+                       "signed_glorot_constant, or patches (PatchesInit: conv filters from "
+                       "training-data patches, see the patches_* flags).")
     score_init: str = option("", "Score initializer (empty: uniform for bernoulli, "
                              "kaiming_uniform for topk).")
     scale_fan: bool = option(False, "Scale the initializer's fan by k (edge-popup).")
@@ -30,6 +31,40 @@ class TrainConfig:
     batchnorm: str = option("none", "BatchNorm after hidden layers.",
                             ("none", "nonaffine", "affine"))
     width: float = option(1.0, "Width multiplier of hidden layers.")
+
+    # PatchesInit (--init=patches); see tf_supermask/patches.py.
+    patches_images: int = option(10000, "--init=patches: training images the patches are drawn "
+                                 "from (0: all).")
+    patches_forward_images: int = option(0, "--init=patches: images propagated through the "
+                                         "network to take patches from (0: max(256, the most "
+                                         "patch filters of a layer)).")
+    patches_layers: int = option(0, "--init=patches: patch only the first L masked conv layers "
+                                 "(0: all); the others get --patches_rest_init.")
+    patches_rest_init: str = option("signed_kaiming_constant", "--init=patches: initializer of "
+                                    "what patches do not reach (conv layers beyond "
+                                    "--patches_layers, dense layers, the random filters of "
+                                    "--patches_mix).")
+    patches_mix: float = option(1.0, "--init=patches: fraction of each patched layer's filters "
+                                "that are patches, in (0, 1]; the rest are random.")
+    patches_center: bool = option(True, "--init=patches: subtract each patch's mean.")
+    patches_normalize: bool = option(True, "--init=patches: give every patch the same norm "
+                                     "(else one scale per layer).")
+    patches_zca: bool = option(False, "--init=patches: ZCA-whiten the patches.")
+    patches_zca_eps: float = option(0.01, "--init=patches: ZCA regulariser, relative to the "
+                                    "mean eigenvalue.")
+    patches_zca_patches: int = option(10000, "--init=patches: windows sampled for the ZCA "
+                                      "statistics.")
+    patches_sign_flip: bool = option(False, "--init=patches: multiply each patch by a random "
+                                     "sign.")
+    patches_rescale: bool = option(False, "--init=patches: rescale each patched kernel so its "
+                                   "output power on real activations matches the Kaiming "
+                                   "(uncorrelated-input) prediction.")
+    patches_dense: bool = option(False, "--init=patches: also initialise hidden dense layers "
+                                 "from input vectors of training images.")
+    prune_first_layer: str = option(
+        "auto", "Whether the first layer is masked like the others: auto (yes for fc and "
+        "conv2..conv8; no for vgg*, resnet* and mobilenet_v2, as in Liu et al.), true, false. "
+        "An unpruned first layer is a dense layer whose weights train.", ("auto", "true", "false"))
 
     # Data.
     dataset: str = option("sample", "sample (shipped Fashion-MNIST subset), mnist, "
@@ -88,7 +123,17 @@ class TrainConfig:
         from tf_supermask.models import MODELS
 
         MODELS.get(self.model)  # each raises a ValueError naming the choices
-        INITIALIZERS.get(self.init)
+        if self.init == "patches":
+            INITIALIZERS.get(self.patches_rest_init)
+            if not 0.0 < self.patches_mix <= 1.0:
+                raise ValueError(f"--patches_mix must be in (0, 1], got {self.patches_mix}")
+            for name in ("patches_images", "patches_forward_images", "patches_layers"):
+                if getattr(self, name) < 0:
+                    raise ValueError(f"--{name} must be >= 0, got {getattr(self, name)}")
+            if self.patches_zca_eps <= 0:
+                raise ValueError(f"--patches_zca_eps must be positive, got {self.patches_zca_eps}")
+        else:
+            INITIALIZERS.get(self.init)
         if self.score_init:
             INITIALIZERS.get(self.score_init)
 
@@ -105,11 +150,16 @@ class TrainConfig:
         from tf_supermask.models import MaskOptions
 
         train_weights = {"auto": None, "true": True, "false": False}[self.train_weights]
-        return MaskOptions(mask=self.mask, k=self.k, init=self.init,
+        # --init=patches builds with patches_rest_init; the trainer's data step
+        # (tf_supermask.patches) then overwrites the patched layers.
+        init = self.patches_rest_init if self.init == "patches" else self.init
+        return MaskOptions(mask=self.mask, k=self.k, init=init,
                            score_init=self.score_init or None, scale_fan=self.scale_fan,
                            rescale=self.rescale, train_weights=train_weights,
                            eval_sample=self.eval_sample, batchnorm=self.batchnorm,
-                           width=self.width, seed=self.seed)
+                           width=self.width, seed=self.seed,
+                           prune_first_layer={"auto": None, "true": True,
+                                              "false": False}[self.prune_first_layer])
 
 
 # Fields that do not change what a run computes: ignored when deciding whether an

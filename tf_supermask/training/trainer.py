@@ -1,6 +1,7 @@
 """Dense or supermask training of one run: data, model, fit, evaluate, write the run directory."""
 
 import os
+import shutil
 import time
 
 import keras
@@ -13,7 +14,8 @@ from tf_supermask.training import run_dir as run_dir_lib
 from tf_supermask.training.callbacks import (WeightsRemainingLogger, tensorboard_available,
                                              tensorflow_available)
 from tf_supermask.training.config import RUN_CONTROL_FIELDS, TrainConfig
-from tf_supermask.training.distribute import make_strategy, strategy_scope
+from tf_supermask.training.distribute import (adapt_model, check_input_workers, make_strategy,
+                                              strategy_scope, task_run_dir)
 from tf_supermask.training.optim import build_optimizer
 
 INITIAL_WEIGHTS = os.path.join("checkpoints", "initial.weights.h5")
@@ -79,7 +81,31 @@ def create_model(config, dataset, steps_per_epoch, strategy=None):
         model = build_model(config.model, dataset.input_shape, dataset.num_classes,
                             config.mask_options())
         compile_model(model, config, steps_per_epoch)
-    return model
+    return adapt_model(model, strategy)
+
+
+def discard_corrupt_backup(backup_dir):
+    """Removes a resume checkpoint that cannot be read (a job killed while writing it).
+
+    Returns True if one was removed; the run then restarts from its first epoch
+    instead of failing on every resume.
+    """
+    path = os.path.join(backup_dir, "latest.weights.h5")
+    if not os.path.exists(path):
+        return False
+    import h5py
+
+    try:
+        with h5py.File(path, "r"):
+            return False
+    except OSError as error:
+        import shutil
+        import warnings
+
+        warnings.warn(f"discarding unreadable resume checkpoint {path} ({error}); the run "
+                      "restarts from its first epoch")
+        shutil.rmtree(backup_dir)
+        return True
 
 
 def _callbacks(run_dir, extra):
@@ -88,8 +114,12 @@ def _callbacks(run_dir, extra):
                  keras.callbacks.BackupAndRestore(os.path.join(run_dir, "checkpoints", "backup")),
                  keras.callbacks.CSVLogger(os.path.join(run_dir, "metrics.csv"), append=True)]
     if tensorboard_available():
+        from tf_supermask.training.callbacks import MaskImageLogger
+
+        # Histograms of every variable (scores included), then each mask as an image.
         callbacks.append(keras.callbacks.TensorBoard(os.path.join(run_dir, "tensorboard"),
                                                      histogram_freq=1))
+        callbacks.append(MaskImageLogger(os.path.join(run_dir, "tensorboard")))
     return callbacks + list(extra)
 
 
@@ -99,10 +129,13 @@ def evaluate(model, batches):
 
 
 def export_saved_model(model, path):
-    """Writes a SavedModel with a `serve` signature (TensorFlow needed)."""
+    """Writes the folded SavedModel (masks multiplied into plain kernels, no scores) with a
+    `serve` signature, atomically (TensorFlow needed; see tf_supermask.export)."""
     if not tensorflow_available():
         raise RuntimeError("SavedModel export needs TensorFlow; install it or drop --export")
-    model.export(path, format="tf_saved_model", verbose=False)
+    from tf_supermask.export import export_saved_model as export_folded
+
+    export_folded(model, path)
 
 
 def train(config: TrainConfig, callbacks=(), prepare=None):
@@ -125,6 +158,12 @@ def train(config: TrainConfig, callbacks=(), prepare=None):
         ``config.overwrite`` is False.
     """
     run_dir = config.run_dir or default_run_dir(config)
+    # The strategy comes first: a MultiWorkerMirroredStrategy must exist before any
+    # TensorFlow op runs (TFDS loading runs some). A non-chief worker of a multi-worker
+    # run writes its copy of the run elsewhere.
+    strategy = make_strategy(config.strategy)
+    check_input_workers(strategy, config.data_workers)
+    chief_run_dir, run_dir = run_dir, task_run_dir(strategy, run_dir)
     dataset, normalization = load_data(config)  # fails before the run directory is touched
     state = run_dir_lib.prepare(run_dir, to_flagfile(config), config.overwrite,
                                 ignore=RUN_CONTROL_FIELDS)
@@ -136,9 +175,13 @@ def train(config: TrainConfig, callbacks=(), prepare=None):
     steps_per_epoch = len(train_batches)
     if config.steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, config.steps_per_epoch)
-    strategy = make_strategy(config.strategy)
     model = create_model(config, dataset, steps_per_epoch, strategy)
-    extra_results = (prepare(model, train_batches, dataset) if prepare else None) or {}
+    extra_results = {}
+    if config.init == "patches":  # PatchesInit's data step, before the rewind point is saved
+        from tf_supermask.patches import patches_init_from_config
+
+        extra_results["patches"] = patches_init_from_config(model, config, dataset, normalization)
+    extra_results.update((prepare(model, train_batches, dataset) if prepare else None) or {})
     initial_path = os.path.join(run_dir, INITIAL_WEIGHTS)
     if state == "new" or not os.path.exists(initial_path):
         os.makedirs(os.path.dirname(initial_path), exist_ok=True)
@@ -147,6 +190,7 @@ def train(config: TrainConfig, callbacks=(), prepare=None):
         print(f"{'Resuming' if state == 'resume' else 'Starting'} {run_dir}: {config.model} "
               f"mask={config.mask} k={config.k} on {dataset.name} ({dataset.source}), "
               f"{len(dataset.x_train)} training images")
+    discard_corrupt_backup(os.path.join(run_dir, "checkpoints", "backup"))
     start = time.time()
     # ArrayBatches shuffles examples with a seeded generator; Keras's own batch
     # shuffle would use Python's unseeded one.
@@ -175,6 +219,9 @@ def train(config: TrainConfig, callbacks=(), prepare=None):
     if config.export:
         export_saved_model(model, os.path.join(run_dir, "saved_model"))
     run_dir_lib.write_json(os.path.join(run_dir, run_dir_lib.RESULTS_FILE), results)
+    if run_dir != chief_run_dir:  # a non-chief worker's copy
+        shutil.rmtree(run_dir, ignore_errors=True)
+        run_dir = chief_run_dir
     if config.verbose:
         print(f"test accuracy {results['test_accuracy']:.4f}, weights remaining "
               f"{overall:.4f}; results in {run_dir}")

@@ -1,0 +1,81 @@
+"""A reduced CPU pilot of PatchesInit against random inits (one process, sequential runs).
+
+    nice -n 10 python scripts/patches_pilot.py --data_dir=/tmp/data \
+        --output=runs/results/patches_cpu_pilot.json
+
+Every run is an edge-popup top-k supermask (k = 0.5, SGD lr 0.1 cosine, momentum
+0.9, weight decay 1e-4, batch 128) on a 10,000-image CIFAR-10 subset, a 1,000-image
+validation split and the full test set, for a few epochs: far from the study's
+100 epochs, it only says which PatchesInit variants train at all on deeper nets.
+"""
+
+import json
+import os
+import sys
+import time
+
+from absl import app, flags
+
+from tf_supermask.training import TrainConfig, train
+
+flags.DEFINE_string("data_dir", "/tmp/data", "Folder holding cifar10.npz.")
+flags.DEFINE_string("output", "runs/results/patches_cpu_pilot.json", "Where the figures go.")
+flags.DEFINE_string("run_root", "runs/patches_pilot", "Parent of the run directories.")
+flags.DEFINE_integer("epochs", 3, "Epochs per run.")
+flags.DEFINE_float("width", 0.25, "Width multiplier.")
+flags.DEFINE_list("only", [], "Run only these variant names.")
+FLAGS = flags.FLAGS
+
+# (name, model, TrainConfig overrides)
+VARIANTS = [
+    ("conv2/kaiming_normal", "conv2", dict(init="kaiming_normal")),
+    ("conv2/signed_kaiming_constant", "conv2", dict(init="signed_kaiming_constant")),
+    ("conv2/patches", "conv2", dict(init="patches")),
+    ("conv2/patches_rescale", "conv2", dict(init="patches", patches_rescale=True)),
+    ("conv6/kaiming_normal", "conv6", dict(init="kaiming_normal")),
+    ("conv6/signed_kaiming_constant", "conv6", dict(init="signed_kaiming_constant")),
+    ("conv6/patches", "conv6", dict(init="patches")),
+    ("conv6/patches_layers2", "conv6", dict(init="patches", patches_layers=2)),
+    ("conv6/patches_rescale", "conv6", dict(init="patches", patches_rescale=True)),
+    ("conv6/patches_mix0.5", "conv6", dict(init="patches", patches_mix=0.5)),
+    ("conv6/patches_zca", "conv6", dict(init="patches", patches_zca=True)),
+]
+
+
+def main(argv):
+    del argv
+    records = []
+    if os.path.exists(FLAGS.output):
+        with open(FLAGS.output) as handle:
+            records = json.load(handle)["runs"]
+    done = {record["name"] for record in records}
+    for name, model, overrides in VARIANTS:
+        if name in done or (FLAGS.only and name not in FLAGS.only):
+            continue
+        config = TrainConfig(model=model, width=FLAGS.width, mask="topk", k=0.5,
+                             dataset="cifar10", data_dir=FLAGS.data_dir, train_size=10000,
+                             validation_size=1000, epochs=FLAGS.epochs, batch_size=128,
+                             optimizer="sgd", lr=0.1, lr_schedule="cosine", momentum=0.9,
+                             weight_decay=1e-4, seed=0, verbose=0, overwrite=True,
+                             run_dir=os.path.join(FLAGS.run_root, name.replace("/", "_")),
+                             **overrides)
+        start = time.time()
+        results = train(config)
+        record = {"name": name, "model": model, "overrides": overrides,
+                  "test_accuracy": results["test_accuracy"],
+                  "val_accuracy": results["history"].get("val_accuracy"),
+                  "train_loss": results["history"].get("loss"),
+                  "patches_seconds": results.get("patches", {}).get("seconds"),
+                  "rescale": {path: entry["rescale"] for path, entry in
+                              results.get("patches", {}).get("layers", {}).items()},
+                  "wall_seconds": time.time() - start}
+        records.append(record)
+        print(json.dumps(record), flush=True)
+        os.makedirs(os.path.dirname(FLAGS.output) or ".", exist_ok=True)
+        with open(FLAGS.output, "w") as handle:
+            json.dump({"command": " ".join(sys.argv), "width": FLAGS.width,
+                       "epochs": FLAGS.epochs, "runs": records}, handle, indent=1)
+
+
+if __name__ == "__main__":
+    app.run(main)

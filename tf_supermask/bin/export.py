@@ -1,0 +1,50 @@
+"""tf-supermask-export: export a finished run's masked network.
+
+    tf-supermask-export runs/quickstart                       # saved_model/ and supermask.npz
+    tf-supermask-export runs/quickstart --format=compact --output=/tmp/ticket
+
+Reads <RUN_DIR>/checkpoints/final.keras and the run's flags.txt, and writes
+into --output (default: the run directory):
+  saved_model/    a SavedModel with the masks folded into plain kernels (zeros
+                  where pruned, no scores) and a `serve` signature;
+  supermask.npz   the compact file: model name, options and seed, bit-packed
+                  masks, and only the variables that training changed; load it
+                  with tf_supermask.export.load_compact on the same backend.
+Each output is reloaded and checked against the run's model unless --noverify.
+"""
+
+from absl import app, flags
+
+flags.DEFINE_enum("format", "both", ["saved_model", "compact", "both"], "What to write.")
+flags.DEFINE_string("output", "", "Folder receiving saved_model/ and supermask.npz "
+                    "(empty: the run directory).")
+flags.DEFINE_bool("overwrite", False, "Replace existing outputs.")
+flags.DEFINE_bool("verify", True, "Reload each output and compare its predictions on random "
+                  "inputs with the run's model.")
+flags.DEFINE_bool("allow_kernels", True, "Compact format: store kernels that training changed "
+                  "(the file is then not compact, and a warning says so); false refuses them.")
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    if len(argv) != 2:
+        raise app.UsageError("give exactly one run directory: tf-supermask-export RUN_DIR")
+    from tf_supermask.export import export_run
+
+    formats = ("saved_model", "compact") if FLAGS.format == "both" else (FLAGS.format,)
+    try:
+        written = export_run(argv[1], formats, output=FLAGS.output or None,
+                             overwrite=FLAGS.overwrite, verify=FLAGS.verify,
+                             allow_kernels=FLAGS.allow_kernels)
+    except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as error:
+        raise app.UsageError(str(error)) from None
+    for path in written.values():
+        print(path)
+
+
+def run():
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,634 @@
+"""Exporting masked networks: folded SavedModels and the compact seed-plus-bitmask file.
+
+Folded SavedModel
+    ``export_saved_model(model, path)`` replaces every masked layer by a plain
+    Keras ``Dense`` / ``Conv2D`` / ``DepthwiseConv2D`` whose kernel is the
+    layer's evaluation kernel (weight * mask, times #weights / #kept when the
+    layer rescales), copies every other layer with its weights, and writes a
+    SavedModel with a ``serve`` endpoint (and the ``serving_default``
+    signature). It holds no scores and no mask variables: pruned weights are
+    zeros in the kernels. It takes the same (normalised) inputs as the model.
+
+Compact file
+    A supermask over random weights is described by how the weights were drawn
+    (model, options, seed) and the bit mask. ``save_compact`` writes an
+    ``.npz`` archive holding
+
+    - ``header``: JSON (as uint8 bytes): format and version, the model name,
+      input shape and class count, the ``MaskOptions`` fields, the backend and
+      Keras version that wrote it, per-layer mask shapes and counts, which
+      variables are stored, free metadata (a run's flags and results), and
+      ``regenerated_sha256``: a SHA-256 over every variable the loader
+      regenerates instead of reading (the frozen kernels above all);
+    - ``mask_<i>``: masked layer i's binary mask, bit-packed (``numpy.packbits``);
+    - ``var_<j>`` / ``kernel_<i>``: only the variables that differ from a fresh
+      build, e.g. BatchNorm statistics and trained biases. Kernels are stored
+      only when they differ from their regenerated values (trained weights, a
+      lottery ticket): then the file is not compact and a warning says so.
+
+    ``load_compact`` rebuilds the model with the same name and options, checks
+    the checksum, sets the stored variables, and gives every masked layer its
+    mask with ``set_mask``: a fixed mask is assigned; score modes get scores
+    that reproduce it (Bernoulli: positive exactly where kept; top-k: the kept
+    scores lifted above all others, the count being round(k * n) already). The
+    trained score values themselves are not kept, only the mask they select.
+    Evaluation predictions equal the saved model's exactly: the kernels, masks,
+    rescale factors (#weights / #kept from the same mask) and other variables
+    are the same. The one exception is ``eval_sample`` (a Bernoulli mask
+    sampled at evaluation), random by design and depending on the scores: the
+    loaded model thresholds instead, and saving warns.
+
+    Weights regenerate exactly only where the random generator draws the same
+    floats: the same backend and device type (normal and uniform draws differ
+    in the last bits between JAX on a CPU and on a GPU; signed constant
+    weights do not), and Keras / backend versions that keep the generator.
+    Elsewhere the checksum does not match and loading fails with a
+    ``CompactFormatError`` that says so.
+
+Files and folders are written under a temporary name and renamed into place,
+so a failure never leaves a partial file.
+"""
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import uuid
+import warnings
+import zipfile
+
+import keras
+import numpy as np
+from keras import ops
+
+from tf_supermask.layers.masked import MaskedConv2D, MaskedDense, masked_layers
+from tf_supermask.models import MODELS, MaskOptions, build_model
+
+FORMAT = "tf_supermask.compact"
+VERSION = 1
+COMPACT_FILE = "supermask.npz"
+SAVED_MODEL_DIR = "saved_model"
+FINAL_MODEL = os.path.join("checkpoints", "final.keras")
+
+
+class CompactFormatError(ValueError):
+    """A compact file that cannot be loaded: corrupt, truncated, or not reproducible here."""
+
+
+# Atomic writes ---------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def _atomic_path(path, directory=False):
+    """Yields a temporary path next to `path`; renames it onto `path` if the block succeeds.
+
+    The temporary file (or folder, created empty) gets the usual permissions
+    (the umask's). A folder replaces an existing one only once the new one is
+    complete; an existing file is replaced by one rename.
+    """
+    path = os.path.abspath(path)
+    parent = os.path.dirname(path)
+    os.makedirs(parent, exist_ok=True)
+    temp = os.path.join(parent, f".tmp-{os.path.basename(path)}-{uuid.uuid4().hex[:12]}")
+    if directory:
+        os.mkdir(temp)
+    else:
+        open(temp, "xb").close()
+    try:
+        yield temp
+        if directory and os.path.exists(path):
+            old = os.path.join(parent, f".old-{os.path.basename(path)}-{uuid.uuid4().hex[:12]}")
+            os.replace(path, old)
+            os.replace(temp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(temp, path)
+    except BaseException:
+        if os.path.isdir(temp):
+            shutil.rmtree(temp, ignore_errors=True)
+        elif os.path.exists(temp):
+            os.remove(temp)
+        raise
+
+
+# Folding ---------------------------------------------------------------------------------------
+
+def folded_kernel(layer):
+    """A masked layer's evaluation kernel as a float32 NumPy array.
+
+    weight * mask, times #weights / #kept if the layer rescales. For a Bernoulli
+    layer that samples at evaluation the thresholded mask (scores > 0) is used.
+    """
+    if layer.is_masked and layer.eval_sample and layer.mask_mode == "bernoulli":
+        mask = layer.get_mask()
+        kernel = layer.kernel_variable * mask
+        if layer.rescale:
+            kept = ops.maximum(ops.sum(mask), 1.0)
+            kernel = kernel * (float(np.prod(mask.shape)) / kept)
+        return np.asarray(ops.convert_to_numpy(kernel), dtype=np.float32)
+    return np.asarray(ops.convert_to_numpy(layer.effective_kernel(training=False)),
+                      dtype=np.float32)
+
+
+def _plain_layer(layer):
+    """The unmasked Keras layer computing what `layer` computes at evaluation, and its weights."""
+    kernel = folded_kernel(layer)
+    common = dict(use_bias=layer.bias is not None, activation=layer.activation, name=layer.name,
+                  dtype=layer.dtype_policy)
+    if isinstance(layer, MaskedDense):
+        plain = keras.layers.Dense(layer.units, **common)
+    elif isinstance(layer, MaskedConv2D):
+        if layer.groups > 1 and layer.groups == layer.filters and kernel.shape[2] == 1:
+            plain = keras.layers.DepthwiseConv2D(layer.kernel_size, strides=layer.strides,
+                                                 padding=layer.padding, depth_multiplier=1,
+                                                 **common)
+            kernel = np.transpose(kernel, (0, 1, 3, 2))
+        else:
+            plain = keras.layers.Conv2D(layer.filters, layer.kernel_size, strides=layer.strides,
+                                        padding=layer.padding, groups=layer.groups, **common)
+    else:
+        raise TypeError(f"cannot fold masked layer {layer.name} of type {type(layer).__name__}")
+    weights = [kernel]
+    if layer.bias is not None:
+        weights.append(ops.convert_to_numpy(layer.bias))
+    return plain, weights
+
+
+def fold_masks(model):
+    """A copy of `model` with plain layers whose kernels have the masks folded in.
+
+    Works for functional and Sequential models (nested ones included). The
+    copy holds no scores or mask variables and gives the model's evaluation
+    predictions.
+    """
+    pending = []
+
+    def clone(layer):
+        if isinstance(layer, (MaskedDense, MaskedConv2D)):
+            new, weights = _plain_layer(layer)
+        else:
+            new = layer.__class__.from_config(layer.get_config())
+            weights = layer.get_weights()
+        pending.append((new, weights))
+        return new
+
+    try:
+        folded = keras.models.clone_model(model, clone_function=clone, recursive=True)
+    except ValueError as error:
+        raise ValueError(f"cannot fold the masks of model {model.name!r}: only functional and "
+                         f"Sequential models can be folded ({error})") from None
+    for layer, weights in pending:
+        layer.set_weights(weights)
+    return folded
+
+
+def export_saved_model(model, path):
+    """Writes the folded model (see ``fold_masks``) as a SavedModel to the folder `path`.
+
+    The SavedModel has a ``serve`` endpoint and a ``serving_default`` signature
+    taking a batch of inputs shaped like the model's and returning its logits.
+    An existing folder is replaced only once the new one is complete.
+
+    Raises:
+      RuntimeError: TensorFlow is not installed (JAX-only machines).
+    """
+    try:
+        import tensorflow  # noqa: F401
+    except ImportError:
+        raise RuntimeError("SavedModel export needs TensorFlow; install it, or write the compact "
+                           "format instead") from None
+    folded = fold_masks(model)
+    with _atomic_path(path, directory=True) as temp:
+        folded.export(temp, format="tf_saved_model", verbose=False)
+    return path
+
+
+# Compact format --------------------------------------------------------------------------------
+
+def load_options(options):
+    """The options a compact file is rebuilt with: the saved ones, never sampling at evaluation."""
+    return dataclasses.replace(options, eval_sample=False)
+
+
+def _structure(model):
+    """(masked layers, other weights): the variables a compact file addresses by position.
+
+    Masked layers are addressed by their index; every other weight (biases,
+    BatchNorm variables, weights of unmasked layers) by its index among the
+    model's weights that are not a masked layer's kernel, scores or mask.
+    Both orders do not depend on the mask mode.
+    """
+    layers = masked_layers(model)
+    owned = set()
+    for layer in layers:
+        owned.add(id(layer.kernel_variable))
+        for name in ("scores", "mask_variable"):
+            if getattr(layer, name, None) is not None:
+                owned.add(id(getattr(layer, name)))
+    others = [variable for variable in model.weights if id(variable) not in owned]
+    return layers, others
+
+
+def _numpy(variable):
+    return np.asarray(ops.convert_to_numpy(variable))
+
+
+def _digest(entries):
+    """SHA-256 over (key, dtype, shape, little-endian bytes) of each array, in order."""
+    digest = hashlib.sha256()
+    for key, value in entries:
+        value = np.asarray(value)
+        value = value.astype(value.dtype.newbyteorder("<"), copy=False)
+        digest.update(f"{key}|{value.dtype.str}|{value.shape}|".encode())
+        digest.update(np.ascontiguousarray(value).tobytes())
+    return digest.hexdigest()
+
+
+def _check_same_structure(model, rebuilt, what):
+    layers, others = _structure(model)
+    new_layers, new_others = _structure(rebuilt)
+    problems = []
+    if len(layers) != len(new_layers):
+        problems.append(f"{len(layers)} masked layers vs {len(new_layers)}")
+    else:
+        for old, new in zip(layers, new_layers):
+            if tuple(old.kernel_variable.shape) != tuple(new.kernel_variable.shape):
+                problems.append(f"{old.kernel_variable.path} has shape "
+                                f"{tuple(old.kernel_variable.shape)} vs "
+                                f"{tuple(new.kernel_variable.shape)}")
+    if len(others) != len(new_others):
+        problems.append(f"{len(others)} other weights vs {len(new_others)}")
+    else:
+        for old, new in zip(others, new_others):
+            if tuple(old.shape) != tuple(new.shape) or old.name != new.name:
+                problems.append(f"{old.path} {tuple(old.shape)} vs {new.path} {tuple(new.shape)}")
+    if problems:
+        raise ValueError(f"the model is not the one {what} builds: " + "; ".join(problems[:5]))
+
+
+def _json_default(value):
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.floating,)):
+        return float(value)
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return str(value)
+
+
+def save_compact(model, path, options, model_name=None, input_shape=None, num_classes=None,
+                 metadata=None, allow_kernels=True):
+    """Writes `model` as a compact file: how to rebuild its weights, and its bit-packed masks.
+
+    Args:
+      model: a model built by ``build_model(model_name, input_shape, num_classes, options)``
+        (its masks and other variables may have trained since).
+      path: the file to write (an ``.npz`` archive; written atomically).
+      options: the ``MaskOptions`` the model was built with.
+      model_name: registered model name (default: ``model.name``).
+      input_shape: shape of one example (default: the model's).
+      num_classes: number of logits (default: the model's).
+      metadata: optional JSON-serialisable dict stored in the header (e.g. a run's flags).
+      allow_kernels: store kernels that differ from their regenerated values
+        (trained weights) with a warning; if False such kernels raise a ValueError.
+
+    Returns:
+      A summary dict: ``path``, ``bytes``, ``stored_kernels`` (paths), ``masked_weights``.
+
+    Raises:
+      ValueError: the model is not what the name and options build (other
+        layers or shapes), or kernels differ and ``allow_kernels`` is False.
+    """
+    model_name = model_name or model.name
+    MODELS.get(model_name)
+    input_shape = tuple(int(d) for d in (input_shape or model.input_shape[1:]))
+    num_classes = int(num_classes or model.output_shape[-1])
+    what = f"build_model({model_name!r}, {input_shape}, {num_classes}, options)"
+    rebuilt = build_model(model_name, input_shape, num_classes, load_options(options))
+    _check_same_structure(model, rebuilt, what)
+    layers, others = _structure(model)
+    new_layers, new_others = _structure(rebuilt)
+
+    arrays, regenerated, layer_info, variable_info, differing = {}, [], [], [], []
+    for index, (layer, new) in enumerate(zip(layers, new_layers)):
+        kernel = _numpy(layer.kernel_variable)
+        fresh = _numpy(new.kernel_variable)
+        stored = not np.array_equal(kernel, fresh)
+        if stored:
+            differing.append(layer.kernel_variable.path)
+            arrays[f"kernel_{index}"] = kernel
+        else:
+            regenerated.append((f"kernel_{index}", fresh))
+        info = {"path": layer.kernel_variable.path, "shape": list(kernel.shape),
+                "mode": layer.mask_mode, "kernel_stored": stored}
+        if layer.is_masked:
+            mask = np.asarray(ops.convert_to_numpy(layer.get_mask())) != 0
+            arrays[f"mask_{index}"] = np.packbits(mask.ravel())
+            info.update(kept=int(mask.sum()), size=int(mask.size))
+        layer_info.append(info)
+    for index, (variable, new) in enumerate(zip(others, new_others)):
+        value, fresh = _numpy(variable), _numpy(new)
+        stored = not np.array_equal(value, fresh)
+        if stored:
+            arrays[f"var_{index}"] = value
+        else:
+            regenerated.append((f"var_{index}", fresh))
+        variable_info.append({"path": variable.path, "shape": list(value.shape),
+                              "dtype": str(value.dtype), "stored": stored})
+
+    if differing:
+        message = (f"{len(differing)} of {len(layers)} kernels differ from the weights "
+                   f"{what} regenerates (trained weights, or other options): {differing[:3]}")
+        if not allow_kernels:
+            raise ValueError(message + "; the compact format cannot describe them")
+        warnings.warn(message + "; they are stored as float32, so the file is not compact",
+                      stacklevel=2)
+    if any(layer.is_masked and layer.eval_sample for layer in layers):
+        warnings.warn("the model samples its Bernoulli masks at evaluation (eval_sample); the "
+                      "compact file keeps the thresholded masks (scores > 0), so the loaded "
+                      "model is deterministic", stacklevel=2)
+
+    import tf_supermask
+
+    header = {
+        "format": FORMAT, "version": VERSION,
+        "model": {"name": model_name, "input_shape": list(input_shape),
+                  "num_classes": num_classes},
+        "options": dataclasses.asdict(options),
+        "backend": keras.backend.backend(), "keras_version": keras.__version__,
+        "backend_version": _backend_version(), "device": _device_kind(),
+        "tf_supermask_version": tf_supermask.__version__,
+        "regenerated_sha256": _digest(regenerated),
+        "layers": layer_info, "variables": variable_info,
+        "metadata": metadata or {},
+    }
+    arrays["header"] = np.frombuffer(
+        json.dumps(header, sort_keys=True, default=_json_default).encode(), dtype=np.uint8)
+    with _atomic_path(path) as temp:
+        with open(temp, "wb") as stream:
+            np.savez_compressed(stream, **arrays)
+            stream.flush()
+            os.fsync(stream.fileno())
+    return {"path": path, "bytes": os.path.getsize(path), "stored_kernels": differing,
+            "masked_weights": sum(info.get("size", 0) for info in layer_info)}
+
+
+def _device_kind():
+    """Where the backend computes by default: "cpu", "gpu" or "tpu" (random draws can differ)."""
+    backend = keras.backend.backend()
+    try:
+        if backend == "tensorflow":
+            import tensorflow as tf
+
+            return "gpu" if tf.config.list_logical_devices("GPU") else "cpu"
+        if backend == "jax":
+            import jax
+
+            return jax.default_backend()
+    except ImportError:
+        pass
+    return "unknown"
+
+
+def _backend_version():
+    backend = keras.backend.backend()
+    try:
+        if backend == "tensorflow":
+            import tensorflow as tf
+
+            return tf.__version__
+        if backend == "jax":
+            import jax
+
+            return jax.__version__
+    except ImportError:
+        pass
+    return "unknown"
+
+
+def _read_archive(path):
+    """(header dict, {name: array}) of a compact file; CompactFormatError if unreadable."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no compact file at {path}")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            if not hasattr(archive, "files"):
+                raise ValueError("a single .npy array, not an archive")
+            arrays = {name: archive[name] for name in archive.files}
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError, RuntimeError) as error:
+        raise CompactFormatError(
+            f"{path} is not a complete compact supermask file (truncated or corrupt: "
+            f"{type(error).__name__}: {error})") from None
+    if "header" not in arrays:
+        raise CompactFormatError(f"{path} has no header: not a compact supermask file")
+    try:
+        header = json.loads(arrays.pop("header").tobytes().decode())
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise CompactFormatError(f"{path} has an unreadable header ({error})") from None
+    if not isinstance(header, dict) or header.get("format") != FORMAT:
+        raise CompactFormatError(f"{path} is not a compact supermask file (format "
+                                 f"{header.get('format') if isinstance(header, dict) else None!r})")
+    if header.get("version") != VERSION:
+        raise CompactFormatError(f"{path} has format version {header.get('version')}; this "
+                                 f"tf_supermask reads version {VERSION}")
+    return header, arrays
+
+
+def read_compact_header(path):
+    """The JSON header of a compact file (model, options, per-layer counts, metadata)."""
+    return _read_archive(path)[0]
+
+
+def load_compact(path):
+    """Rebuilds the model a compact file describes (see the module docstring).
+
+    Returns:
+      An uncompiled ``keras.Model`` in the saved model's mask mode, whose
+      evaluation predictions equal the saved model's.
+
+    Raises:
+      CompactFormatError: the file is truncated or corrupt, names a model that
+        is not registered, or the weights regenerated here do not match its
+        checksum (another backend, Keras version or initializer).
+      FileNotFoundError: there is no file at `path`.
+    """
+    header, arrays = _read_archive(path)
+    try:
+        spec = header["model"]
+        name, input_shape, num_classes = spec["name"], spec["input_shape"], spec["num_classes"]
+        layer_info, variable_info = header["layers"], header["variables"]
+    except (KeyError, TypeError) as error:
+        raise CompactFormatError(f"{path} has an incomplete header (missing {error})") from None
+    if name not in MODELS.names():
+        raise CompactFormatError(
+            f"{path} describes model {name!r}, which this tf_supermask does not register "
+            f"(registered: {', '.join(MODELS.names())})")
+    try:
+        options = MaskOptions(**header["options"])
+        model = build_model(name, input_shape, num_classes, load_options(options))
+    except (TypeError, ValueError, KeyError) as error:
+        raise CompactFormatError(f"{path}: cannot rebuild model {name!r} from the stored "
+                                 f"options ({error})") from None
+    layers, others = _structure(model)
+    if len(layers) != len(layer_info) or len(others) != len(variable_info):
+        raise CompactFormatError(
+            f"{path}: model {name!r} now has {len(layers)} masked layers and {len(others)} other "
+            f"weights; the file has {len(layer_info)} and {len(variable_info)}")
+    for layer, info in zip(layers, layer_info):
+        if list(layer.kernel_variable.shape) != info["shape"] or layer.mask_mode != info["mode"]:
+            raise CompactFormatError(f"{path}: {info['path']} has shape {info['shape']} and mask "
+                                     f"{info['mode']!r} in the file, shape "
+                                     f"{list(layer.kernel_variable.shape)} and mask "
+                                     f"{layer.mask_mode!r} here")
+    for variable, info in zip(others, variable_info):
+        if list(variable.shape) != info["shape"]:
+            raise CompactFormatError(f"{path}: {info['path']} has shape {info['shape']} in the "
+                                     f"file and {list(variable.shape)} here")
+
+    regenerated = []
+    for index, (layer, info) in enumerate(zip(layers, layer_info)):
+        if not info["kernel_stored"]:
+            regenerated.append((f"kernel_{index}", _numpy(layer.kernel_variable)))
+    for index, (variable, info) in enumerate(zip(others, variable_info)):
+        if not info["stored"]:
+            regenerated.append((f"var_{index}", _numpy(variable)))
+    if _digest(regenerated) != header.get("regenerated_sha256"):
+        raise CompactFormatError(
+            f"{path}: the weights regenerated here from seed {options.seed} with initializer "
+            f"{options.init!r} do not match the file's checksum. The file was written with "
+            f"Keras {header.get('keras_version')} on the {header.get('backend')} backend "
+            f"({header.get('backend_version')}, {header.get('device')}); this is Keras "
+            f"{keras.__version__} on {keras.backend.backend()} ({_backend_version()}, "
+            f"{_device_kind()}). The initializer or the random generator (which can differ "
+            f"between backends, their versions, and CPU and GPU) no longer reproduces the "
+            f"weights, so the exact model cannot be rebuilt: load it where it was written and "
+            f"export a SavedModel instead.")
+
+    try:
+        for index, (layer, info) in enumerate(zip(layers, layer_info)):
+            if info["kernel_stored"]:
+                layer.kernel_variable.assign(arrays[f"kernel_{index}"])
+            if "size" in info:
+                bits = np.unpackbits(arrays[f"mask_{index}"], count=info["size"])
+                if int(bits.sum()) != info["kept"]:
+                    raise CompactFormatError(f"{path}: the mask of {info['path']} keeps "
+                                             f"{int(bits.sum())} weights, the header says "
+                                             f"{info['kept']}")
+                layer.set_mask(bits.reshape(info["shape"]).astype("float32"))
+        for index, (variable, info) in enumerate(zip(others, variable_info)):
+            if info["stored"]:
+                variable.assign(arrays[f"var_{index}"])
+    except KeyError as error:
+        raise CompactFormatError(f"{path} lacks the array {error}: corrupt file") from None
+    return model
+
+
+# Run directories -------------------------------------------------------------------------------
+
+def _parse_flag_value(text, default):
+    if isinstance(default, bool):
+        return text.lower() in ("true", "1", "yes")
+    if isinstance(default, int):
+        return int(text)
+    if isinstance(default, float):
+        return float(text)
+    return text
+
+
+def run_model_options(run_dir):
+    """(model name, MaskOptions, flags.txt text) of a run directory, from its flags.txt."""
+    from tf_supermask.training.config import TrainConfig
+    from tf_supermask.training.run_dir import FLAGS_FILE, parse_flagfile
+
+    flags_path = os.path.join(run_dir, FLAGS_FILE)
+    if not os.path.exists(flags_path):
+        raise FileNotFoundError(f"{run_dir} holds no {FLAGS_FILE}: not a run directory")
+    with open(flags_path) as stream:
+        text = stream.read()
+    values = parse_flagfile(text)
+    defaults = {field.name: field.default for field in dataclasses.fields(TrainConfig)}
+    kwargs = {name: _parse_flag_value(value, defaults[name])
+              for name, value in values.items() if name in defaults}
+    config = TrainConfig(**kwargs)
+    return config.model, config.mask_options(), text
+
+
+def export_run(run_dir, formats=("saved_model", "compact"), output=None, overwrite=False,
+               verify=True, allow_kernels=True):
+    """Exports a finished run's final model (``checkpoints/final.keras``).
+
+    Args:
+      run_dir: the run directory.
+      formats: any of "saved_model" (folded SavedModel) and "compact".
+      output: folder receiving ``saved_model/`` and ``supermask.npz`` (default: `run_dir`).
+      overwrite: replace existing outputs (otherwise they are refused).
+      verify: reload each output and compare its predictions on random inputs
+        with the run's model (exactly for the compact file, 1e-5 for the SavedModel);
+        an output that fails is removed and a RuntimeError raised.
+      allow_kernels: see ``save_compact``.
+
+    Returns:
+      {format: path written}.
+    """
+    from tf_supermask.training.run_dir import RESULTS_FILE
+
+    unknown = sorted(set(formats) - {"saved_model", "compact"})
+    if unknown or not formats:
+        raise ValueError(f"formats must be among saved_model, compact; got {list(formats)}")
+    model_path = os.path.join(run_dir, FINAL_MODEL)
+    if not os.path.exists(model_path):
+        raise FileNotFoundError(f"{model_path} does not exist: the run has not finished")
+    output = output or run_dir
+    targets = {"saved_model": os.path.join(output, SAVED_MODEL_DIR),
+               "compact": os.path.join(output, COMPACT_FILE)}
+    targets = {name: targets[name] for name in formats}
+    existing = [path for path in targets.values() if os.path.exists(path)]
+    if existing and not overwrite:
+        raise FileExistsError(f"{', '.join(existing)} already exist(s); pass overwrite "
+                              "(--overwrite) to replace")
+    model_name, options, flags_text = run_model_options(run_dir)
+    import tf_supermask.models  # noqa: F401  (registers the layers' classes)
+
+    model = keras.saving.load_model(model_path, compile=False)
+    probe = np.random.default_rng(0).normal(size=(4,) + tuple(model.input_shape[1:]))
+    probe = probe.astype("float32")
+    expected = np.asarray(ops.convert_to_numpy(model(probe, training=False)))
+    if "compact" in targets:
+        results = {}
+        results_path = os.path.join(run_dir, RESULTS_FILE)
+        if os.path.exists(results_path):
+            with open(results_path) as stream:
+                full = json.load(stream)
+            results = {key: full[key] for key in ("test_accuracy", "test_loss",
+                                                  "weights_remaining", "backend", "epochs")
+                       if key in full}
+        metadata = {"run_dir": os.path.basename(os.path.abspath(run_dir)), "flags": flags_text,
+                    "results": results}
+        save_compact(model, targets["compact"], options, model_name=model_name,
+                     metadata=metadata, allow_kernels=allow_kernels)
+        if verify:
+            got = np.asarray(ops.convert_to_numpy(
+                load_compact(targets["compact"])(probe, training=False)))
+            if not np.array_equal(got, expected):
+                os.remove(targets["compact"])
+                raise RuntimeError(f"the model loaded from {targets['compact']} predicts "
+                                   f"differently (max difference {np.abs(got - expected).max()})")
+    if "saved_model" in targets:
+        export_saved_model(model, targets["saved_model"])
+        if verify:
+            import tensorflow as tf
+
+            served = np.asarray(tf.saved_model.load(targets["saved_model"]).serve(
+                tf.constant(probe)))
+            if not np.allclose(served, expected, rtol=1e-5, atol=1e-5):
+                shutil.rmtree(targets["saved_model"], ignore_errors=True)
+                raise RuntimeError(f"the SavedModel {targets['saved_model']} predicts differently "
+                                   f"(max difference {np.abs(served - expected).max()})")
+    return targets
+
+
+__all__ = ["CompactFormatError", "COMPACT_FILE", "SAVED_MODEL_DIR", "export_run",
+           "export_saved_model", "fold_masks", "folded_kernel", "load_compact", "load_options",
+           "read_compact_header", "run_model_options", "save_compact"]
+

@@ -1,0 +1,424 @@
+"""Pruning and fine-tuning (Liu et al., ICML 2021): prune trained weights by magnitude, then
+fine-tune from them (no rewinding), in one shot, iteratively, or gradually during fine-tuning.
+
+An experiment directory holds ordinary run directories::
+
+    RUN_DIR/
+      flags.txt, results.json   the experiment's flags; a summary of the result
+      dense/                    the dense run, trained first when --dense_run is empty
+      finetune/                 oneshot and gradual: the fine-tuning run (mask=fixed)
+      round_1/ ... round_N/     iterative: one fine-tuning run per round
+        mask.npz                each fine-tuning run's final mask, keyed by kernel path
+
+Each fine-tuning run is a tf-supermask-train run directory (its ``flags.txt``
+holds the training flags it ran with: mask=fixed, epochs=--finetune_epochs, lr=
+--finetune_lr) whose weights came from the run before it: the dense run's final
+weights, or the previous round's. Its ``checkpoints/initial.weights.h5`` holds
+those weights and the mask it started from. A restarted experiment skips the runs
+whose ``results.json`` exists and resumes the interrupted one.
+
+Only layers built in fixed mode are pruned: with ``--prune_first_layer=auto`` the
+first conv of the VGG, ResNet and MobileNet-v2 models stays dense, as in Liu et
+al. ``--sparsity`` is the fraction of those layers' weights PRUNED.
+"""
+
+import dataclasses
+import os
+
+import keras
+import numpy as np
+
+from tf_supermask.config import config_hash, option, to_flagfile
+from tf_supermask.layers import get_masks, masked_layers, set_masks
+from tf_supermask.pruning.gradual import (SCHEDULES, SCOPES, GradualPruning,
+                                          prune_by_magnitude, pruned_fraction, pruning_schedule)
+from tf_supermask.training import run_dir as run_dir_lib
+from tf_supermask.training.config import RUN_CONTROL_FIELDS, TrainConfig
+
+PRUNE_METHODS = ("oneshot", "iterative", "gradual")
+MASK_FILE = "mask.npz"
+DENSE_DIR = "dense"
+# Flags of a dense run that must agree with the fine-tuning flags (they shape the network).
+ARCHITECTURE_FLAGS = ("model", "width", "batchnorm", "dataset")
+# Variables that come from the pruning, not from the trained run.
+_NOT_COPIED = ("mask", "pruned_values", "scores", "seed_generator_state")
+
+
+@dataclasses.dataclass
+class FinetuneConfig(TrainConfig):
+    """A pruning-and-fine-tuning experiment: TrainConfig's fields (which also train the dense
+    run when there is none) plus the pruning procedure."""
+
+    dense_run: str = option("", "A finished tf-supermask-train run directory (mask dense or "
+                            "fixed) whose final weights are pruned and fine-tuned. Empty: "
+                            "train the dense model first, into <run_dir>/dense, with these "
+                            "flags.")
+    prune_method: str = option("oneshot", "oneshot: prune once to --sparsity, then fine-tune; "
+                               "iterative: --prune_rounds rounds of pruning part of the "
+                               "remaining weights and fine-tuning; gradual: prune during "
+                               "fine-tuning on a tfmot schedule (Zhu & Gupta).", PRUNE_METHODS)
+    sparsity: float = option(0.9, "Final fraction of the pruned layers' weights that is PRUNED "
+                             "(weights remaining = 1 - sparsity), in [0, 1).")
+    prune_scope: str = option("layer", "layer: every pruned layer keeps the same fraction of "
+                              "its weights; global: weights ranked by magnitude over all "
+                              "pruned layers together.", SCOPES)
+    prune_rounds: int = option(5, "iterative: rounds; each keeps (1 - sparsity)^(1/rounds) of "
+                               "the weights the previous round kept.")
+    schedule: str = option("polynomial", "gradual: tfmot schedule: polynomial (PolynomialDecay "
+                           "from --initial_sparsity to --sparsity) or constant "
+                           "(ConstantSparsity at --sparsity).", SCHEDULES)
+    initial_sparsity: float = option(0.0, "gradual, polynomial: sparsity at the first pruning "
+                                     "step.")
+    begin_step: int = option(-1, "gradual: optimizer step (of fine-tuning) of the first pruning; "
+                             "-1: --begin_epoch x steps per epoch.")
+    end_step: int = option(-1, "gradual: step of the last pruning (moved back to the last "
+                           "multiple of --frequency after the first); -1: --end_epoch x steps "
+                           "per epoch.")
+    begin_epoch: int = option(0, "gradual: fine-tuning epochs before the first pruning.")
+    end_epoch: int = option(0, "gradual: fine-tuning epochs before the last pruning (polynomial "
+                            "needs it or --end_step; constant: 0 prunes until the end).")
+    frequency: int = option(100, "gradual: prune every this many steps.")
+    power: float = option(3.0, "gradual, polynomial: exponent of the sparsity curve.")
+    finetune_epochs: int = option(10, "Fine-tuning epochs (per round for iterative).")
+    finetune_lr: float = option(0.0, "Fine-tuning learning rate (0: --lr); --lr_schedule and "
+                                "its milestones start over in each fine-tuning run.")
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.mask not in ("dense", "fixed"):
+            raise ValueError(f"tf-supermask-finetune prunes trained weights; --mask must be "
+                             f"dense or fixed, got {self.mask!r}")
+        if not 0.0 <= self.sparsity < 1.0:
+            raise ValueError(f"--sparsity is the fraction pruned and must be in [0, 1), got "
+                             f"{self.sparsity}")
+        if not 0.0 <= self.initial_sparsity <= self.sparsity:
+            raise ValueError(f"--initial_sparsity must be in [0, --sparsity={self.sparsity}], "
+                             f"got {self.initial_sparsity}")
+        for name in ("prune_rounds", "finetune_epochs", "frequency"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name} must be at least 1, got {getattr(self, name)}")
+        if self.finetune_lr < 0:
+            raise ValueError(f"--finetune_lr must be positive (or 0 for --lr), got "
+                             f"{self.finetune_lr}")
+        if self.power <= 0:
+            raise ValueError(f"--power must be positive, got {self.power}")
+        if self.begin_epoch < 0 or self.end_epoch < 0:
+            raise ValueError("--begin_epoch and --end_epoch must be at least 0")
+        if self.prune_method == "gradual":
+            if self.begin_step < 0 and self.begin_epoch >= self.finetune_epochs:
+                raise ValueError(f"--begin_epoch={self.begin_epoch} leaves no fine-tuning "
+                                 f"(--finetune_epochs={self.finetune_epochs})")
+            if self.end_step < 0 and self.end_epoch >= self.finetune_epochs:
+                raise ValueError(f"--end_epoch={self.end_epoch} must be below "
+                                 f"--finetune_epochs={self.finetune_epochs}: the last pruning "
+                                 "must be followed by fine-tuning")
+            if self.schedule == "polynomial" and self.end_step < 0 and self.end_epoch == 0:
+                raise ValueError("--prune_method=gradual --schedule=polynomial needs the end of "
+                                 "pruning: --end_epoch or --end_step")
+
+    def schedule_steps(self, steps_per_epoch):
+        """(begin, end) optimizer steps of the first and last pruning of the gradual schedule.
+
+        The end moves back to begin + a multiple of --frequency, the last step the
+        schedule prunes at (so the final sparsity is reached); "constant" with no
+        end gives -1 (prune until the end).
+
+        Raises:
+          ValueError: the steps do not fit in fine-tuning or span no pruning.
+        """
+        total = self.finetune_epochs * steps_per_epoch
+        begin = self.begin_step if self.begin_step >= 0 else self.begin_epoch * steps_per_epoch
+        if self.end_step >= 0:
+            end = self.end_step
+        elif self.end_epoch > 0:
+            end = self.end_epoch * steps_per_epoch
+        else:
+            end = -1
+        if begin >= total:
+            raise ValueError(f"gradual pruning would begin at step {begin}, after fine-tuning "
+                             f"ends ({total} steps: {self.finetune_epochs} epochs x "
+                             f"{steps_per_epoch})")
+        if end >= 0:
+            if end < begin:
+                raise ValueError(f"the last pruning step ({end}) comes before the first "
+                                 f"({begin})")
+            end = begin + (end - begin) // self.frequency * self.frequency
+            if end >= total:
+                raise ValueError(f"the last pruning step ({end}) must come before the end of "
+                                 f"fine-tuning ({total} steps: {self.finetune_epochs} epochs "
+                                 f"x {steps_per_epoch})")
+        if self.schedule == "polynomial" and end <= begin:
+            raise ValueError(f"the polynomial schedule needs at least one --frequency "
+                             f"({self.frequency} steps) between its first pruning (step "
+                             f"{begin}) and its last ({end})")
+        return begin, end
+
+    def round_sparsity(self, round_index):
+        """Sparsity after `round_index` of --prune_rounds (iterative): 1 - (1 - s)^(r / N)."""
+        return 1.0 - (1.0 - self.sparsity) ** (round_index / self.prune_rounds)
+
+
+def default_finetune_dir(config, root="runs"):
+    """runs/finetune_<model>_<method>_<dataset>_<hash of the non-default flags>."""
+    dataset = os.path.splitext(os.path.basename(config.dataset))[0]
+    return os.path.join(root, f"finetune_{config.model}_{config.prune_method}_{dataset}_"
+                              f"{config_hash(config, RUN_CONTROL_FIELDS)}")
+
+
+def train_config(config, **changes):
+    """The TrainConfig made of `config`'s training fields, with `changes`."""
+    values = {field.name: getattr(config, field.name) for field in dataclasses.fields(TrainConfig)}
+    values.update(changes)
+    return TrainConfig(**values)
+
+
+def finetune_train_config(config, run_dir):
+    """The training flags of a fine-tuning run."""
+    return train_config(config, mask="fixed", train_weights="auto", epochs=config.finetune_epochs,
+                        lr=config.finetune_lr or config.lr, run_dir=run_dir, overwrite=False)
+
+
+# Weights ----------------------------------------------------------------------------------
+
+def _copied(variable):
+    return variable.path.split("/")[-1] not in _NOT_COPIED
+
+
+def trained_values(model):
+    """{variable path: value} of what fine-tuning starts from: every weight and BatchNorm
+    statistic, with masked kernels as they act (weight x mask)."""
+    values = {variable.path: keras.ops.convert_to_numpy(variable)
+              for variable in model.variables if _copied(variable)}
+    for layer in masked_layers(model):
+        values[layer.kernel_variable.path] = keras.ops.convert_to_numpy(layer.kernel)
+    return values
+
+
+def load_trained(run_dir):
+    """The final model of a finished run directory."""
+    from tf_supermask.training.trainer import FINAL_MODEL
+
+    return keras.saving.load_model(os.path.join(run_dir, FINAL_MODEL), compile=False)
+
+
+def assign_trained(model, values, source="the trained run"):
+    """Copies `values` into `model` by variable path; masks and scores are left alone.
+
+    Raises:
+      ValueError: the two networks do not have the same variables and shapes.
+    """
+    targets = {variable.path: variable for variable in model.variables if _copied(variable)}
+    missing, extra = sorted(set(targets) - set(values)), sorted(set(values) - set(targets))
+    shapes = sorted(path for path in set(targets) & set(values)
+                    if tuple(targets[path].shape) != tuple(np.shape(values[path])))
+    if missing or extra or shapes:
+        raise ValueError(f"{source} does not hold this network's weights: missing {missing}, "
+                         f"unexpected {extra}, other shapes {shapes}")
+    for path, variable in targets.items():
+        variable.assign(values[path])
+
+
+def save_masks(path, masks):
+    """Writes {kernel path: 0/1 mask} to a compressed .npz (uint8), through a temporary file."""
+    temp = os.path.join(os.path.dirname(os.path.abspath(path)), ".tmp-" + os.path.basename(path))
+    with open(temp, "wb") as stream:
+        np.savez_compressed(stream, **{key: np.asarray(value, np.uint8)
+                                       for key, value in masks.items()})
+    os.replace(temp, path)
+
+
+def load_masks(path):
+    """{kernel path: float32 mask} from ``save_masks``'s file."""
+    with np.load(path) as data:
+        return {key: data[key].astype(np.float32) for key in data.files}
+
+
+# The dense run ----------------------------------------------------------------------------
+
+def check_dense_run(config, dense_run):
+    """Raises a ValueError unless `dense_run` is a finished run of the same network.
+
+    Returns:
+      The dense run's results.
+    """
+    from tf_supermask.training.trainer import FINAL_MODEL
+
+    flags_path = os.path.join(dense_run, run_dir_lib.FLAGS_FILE)
+    results_path = os.path.join(dense_run, run_dir_lib.RESULTS_FILE)
+    if not os.path.exists(flags_path):
+        raise ValueError(f"--dense_run={dense_run} is not a run directory (no "
+                         f"{run_dir_lib.FLAGS_FILE})")
+    if not (os.path.exists(results_path) and os.path.exists(os.path.join(dense_run, FINAL_MODEL))):
+        raise ValueError(f"--dense_run={dense_run} has not finished (no "
+                         f"{run_dir_lib.RESULTS_FILE} or {FINAL_MODEL})")
+    with open(flags_path) as stream:
+        theirs = run_dir_lib.parse_flagfile(stream.read())
+    if theirs.get("mask", "dense") not in ("dense", "fixed"):
+        raise ValueError(f"--dense_run={dense_run} trained a {theirs['mask']} supermask; "
+                         "fine-tuning needs trained weights (a run with --mask=dense or fixed)")
+    ours = run_dir_lib.parse_flagfile(to_flagfile(config))
+    differ = [f"--{name}: {theirs.get(name)} there, {ours.get(name)} here"
+              for name in ARCHITECTURE_FLAGS if theirs.get(name) != ours.get(name)]
+    if differ:
+        raise ValueError(f"--dense_run={dense_run} was made for another network ("
+                         f"{'; '.join(differ)}); pass the same flags")
+    return run_dir_lib.read_json(results_path)
+
+
+# One fine-tuning run ------------------------------------------------------------------------
+
+class _Start:
+    """train()'s prepare hook: the trained weights, the previous mask, then magnitude pruning."""
+
+    def __init__(self, source_dir, scope, sparsity=None, previous_masks=None):
+        self.source_dir = source_dir
+        self.scope = scope
+        self.sparsity = sparsity
+        self.previous_masks = previous_masks
+
+    def __call__(self, model, train_batches, dataset):
+        assign_trained(model, trained_values(load_trained(self.source_dir)),
+                       f"the run {self.source_dir}")
+        if self.previous_masks is not None:
+            set_masks(model, self.previous_masks)
+        info = {"started_from": self.source_dir}
+        if self.sparsity is not None:
+            masks = prune_by_magnitude(model, self.sparsity, self.scope)
+            info.update(pruned_to=self.sparsity, pruned_at_start=pruned_fraction(masks))
+        return {"finetune": info}
+
+
+def _finetune_run(run_dir, launch, **extra):
+    """Runs `launch()` (a train() call) unless `run_dir` finished earlier, then completes the
+    run directory with its final mask (mask.npz) and the pruned layers' sparsity.
+
+    Returns:
+      (results, masks) of the run.
+    """
+    results_path = os.path.join(run_dir, run_dir_lib.RESULTS_FILE)
+    mask_path = os.path.join(run_dir, MASK_FILE)
+    if os.path.exists(results_path):
+        results = run_dir_lib.read_json(results_path)
+    else:
+        results = launch()
+        results.pop("run_dir", None)
+    if not os.path.exists(mask_path) or "pruned_layers_sparsity" not in results:
+        masks = get_masks(load_trained(run_dir))
+        results.update(extra, pruned_layers_sparsity=pruned_fraction(masks),
+                       pruned_layers=sorted(masks))
+        run_dir_lib.write_json(results_path, results)
+        save_masks(mask_path, masks)
+    return results, load_masks(mask_path)
+
+
+def _steps_per_epoch(config):
+    from tf_supermask.training.trainer import load_data
+
+    dataset, _ = load_data(config)
+    steps = -(-len(dataset.x_train) // config.batch_size)
+    return min(steps, config.steps_per_epoch) if config.steps_per_epoch else steps
+
+
+def run_finetune(config: FinetuneConfig, callbacks=()):
+    """Runs (or resumes) a pruning-and-fine-tuning experiment.
+
+    Args:
+      config: the experiment's FinetuneConfig.
+      callbacks: extra Keras callbacks for every training run.
+
+    Returns:
+      The summary also written to ``<run_dir>/results.json``, with ``run_dir``.
+
+    Raises:
+      RunDirError: the directory holds a finished experiment or other flags and
+        ``config.overwrite`` is False.
+      ValueError: bad flags, a --dense_run that is not a finished run of the same
+        network, a gradual schedule that does not fit in fine-tuning.
+    """
+    from tf_supermask.training.trainer import train
+
+    experiment = config.run_dir or default_finetune_dir(config)
+    dense_run = config.dense_run
+    dense_results = check_dense_run(config, dense_run) if dense_run else None
+    steps_per_epoch = begin = end = None
+    if config.prune_method == "gradual":  # fails before anything is written
+        steps_per_epoch = _steps_per_epoch(config)
+        begin, end = config.schedule_steps(steps_per_epoch)
+    run_dir_lib.prepare(experiment, to_flagfile(config), config.overwrite,
+                        ignore=RUN_CONTROL_FIELDS)
+
+    if not dense_run:
+        dense_run = os.path.join(experiment, DENSE_DIR)
+        results_path = os.path.join(dense_run, run_dir_lib.RESULTS_FILE)
+        if os.path.exists(results_path):
+            dense_results = run_dir_lib.read_json(results_path)
+        else:
+            dense_results = train(train_config(config, mask="dense", run_dir=dense_run,
+                                               overwrite=False), callbacks=callbacks)
+
+    summary = {"experiment": "finetune", "prune_method": config.prune_method,
+               "prune_scope": config.prune_scope, "target_sparsity": config.sparsity,
+               "dense_run": dense_run, "dense_test_accuracy": dense_results["test_accuracy"]}
+    rounds = []
+    if config.prune_method == "iterative":
+        source, masks = dense_run, None
+        for index in range(1, config.prune_rounds + 1):
+            run_dir = os.path.join(experiment, f"round_{index}")
+            sparsity = config.round_sparsity(index)
+            start = _Start(source, config.prune_scope, sparsity, masks)
+            results, masks = _finetune_run(
+                run_dir, lambda: train(finetune_train_config(config, run_dir), callbacks=callbacks,
+                                       prepare=start),
+                round_target_sparsity=sparsity)
+            rounds.append((index, run_dir, results))
+            source = run_dir
+            if config.verbose:
+                print(f"round {index}/{config.prune_rounds}: "
+                      f"{100 * results['pruned_layers_sparsity']:.2f}% pruned, test accuracy "
+                      f"{results['test_accuracy']:.4f}")
+    else:
+        run_dir = os.path.join(experiment, "finetune")
+        extra = list(callbacks)
+        if config.prune_method == "gradual":
+            schedule = pruning_schedule(config.schedule, config.sparsity, begin, end,
+                                        config.frequency, config.initial_sparsity, config.power)
+            gradual = GradualPruning(schedule, config.prune_scope, verbose=config.verbose)
+            extra.append(gradual)
+            start = _Start(dense_run, config.prune_scope)
+        else:
+            gradual = None
+            start = _Start(dense_run, config.prune_scope, config.sparsity)
+
+        def launch():
+            results = train(finetune_train_config(config, run_dir), callbacks=extra,
+                            prepare=start)
+            if gradual is not None:  # the steps pruned in this process (all, unless resumed)
+                results["prune_events"] = gradual.events
+            return results
+
+        results, _ = _finetune_run(run_dir, launch)
+        rounds.append((1, run_dir, results))
+        if config.prune_method == "gradual":
+            summary["schedule"] = {"kind": config.schedule, "begin_step": begin, "end_step": end,
+                                   "frequency": config.frequency,
+                                   "initial_sparsity": config.initial_sparsity,
+                                   "power": config.power, "steps_per_epoch": steps_per_epoch}
+            summary["prune_events"] = results.get("prune_events", [])
+
+    last = rounds[-1][2]
+    for key in ("test_accuracy", "test_loss", "weights_remaining", "weights_remaining_per_layer",
+                "sparsity_per_layer", "pruned_layers_sparsity", "pruned_layers"):
+        summary[key] = last[key]
+    summary["finetune_epochs_total"] = config.finetune_epochs * len(rounds)
+    summary["rounds"] = [{"round": index, "run_dir": os.path.relpath(path, experiment),
+                          "test_accuracy": results["test_accuracy"],
+                          "pruned_layers_sparsity": results["pruned_layers_sparsity"],
+                          "weights_remaining": results["weights_remaining"]}
+                         for index, path, results in rounds]
+    run_dir_lib.write_json(os.path.join(experiment, run_dir_lib.RESULTS_FILE), summary)
+    if config.verbose:
+        print(f"{config.prune_method} pruning to {100 * summary['pruned_layers_sparsity']:.2f}%"
+              f" sparsity: test accuracy {summary['test_accuracy']:.4f} (dense "
+              f"{summary['dense_test_accuracy']:.4f}); results in {experiment}")
+    summary["run_dir"] = experiment
+    return summary

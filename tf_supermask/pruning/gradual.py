@@ -1,0 +1,229 @@
+"""Magnitude pruning of fixed-mode masks: in one shot, or gradually while training, on a tfmot
+schedule.
+
+tensorflow-model-optimization's pruning wrappers only accept legacy tf_keras
+models, so we keep its schedule objects (``PolynomialDecay``,
+``ConstantSparsity``) and apply what they say to our own masked layers: at the
+start of every training batch ``GradualPruning`` asks the schedule whether the
+current optimizer step is a pruning step and at which sparsity, and if so
+replaces each mask by the largest-magnitude weights it still keeps.
+
+Importing tfmot as a package sets ``TF_USE_LEGACY_KERAS=1`` in the process and
+imports tf_keras, after which ``tf.keras`` (if not yet resolved) and
+``tf.compat.v2.keras`` become tf_keras. ``tfmot_schedules`` therefore loads only
+tfmot's schedule module (it needs nothing but TensorFlow and six), without
+running the package's ``__init__``; the user's ``tf.keras`` and environment stay
+as they were.
+
+``sparsity`` here is the fraction of weights PRUNED, as in tfmot; masks keep
+``1 - sparsity`` (the ``k`` of the rest of the library).
+"""
+
+import importlib
+import importlib.util
+import os
+import sys
+
+import keras
+import numpy as np
+
+from tf_supermask.layers import masked_layers, set_masks
+from tf_supermask.pruning.select import top_masks
+
+SCOPES = ("layer", "global")
+SCHEDULES = ("polynomial", "constant")
+
+_TFMOT = "tensorflow_model_optimization"
+_SCHEDULE_MODULE = _TFMOT + ".python.core.sparsity.keras.pruning_schedule"
+_SCHEDULE_FILE = os.path.join("python", "core", "sparsity", "keras", "pruning_schedule.py")
+_schedules = None
+
+
+def tfmot_schedules():
+    """tfmot's pruning_schedule module (``PolynomialDecay``, ``ConstantSparsity``, ...).
+
+    If the process already imported tfmot, its own module is returned. Otherwise
+    the module's file is loaded on its own, under a private name, so that
+    neither tf_keras nor ``TF_USE_LEGACY_KERAS`` comes in. (Importing the
+    package and restoring the variable afterwards is not enough: tfmot imports
+    ``tensorflow.compat.v2`` anew, whose ``keras`` then resolves to tf_keras.)
+
+    Raises:
+      ImportError: tensorflow-model-optimization is not installed, or its
+        schedule module is not where this version expects it.
+    """
+    global _schedules
+    if _TFMOT in sys.modules:
+        return importlib.import_module(_SCHEDULE_MODULE)
+    if _schedules is not None:
+        return _schedules
+    spec = importlib.util.find_spec(_TFMOT)
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("gradual pruning uses tensorflow-model-optimization's schedules: "
+                          "pip install tensorflow-model-optimization")
+    path = os.path.join(list(spec.submodule_search_locations)[0], _SCHEDULE_FILE)
+    if not os.path.exists(path):
+        raise ImportError(f"this tensorflow-model-optimization has no {_SCHEDULE_FILE}; "
+                          "importing the whole package would switch tf.keras to tf_keras "
+                          "(this code was written against tensorflow-model-optimization 0.8.1)")
+    module_spec = importlib.util.spec_from_file_location(
+        "tf_supermask.pruning._tfmot_pruning_schedule", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    _schedules = module
+    return module
+
+
+def pruning_schedule(kind, sparsity, begin_step, end_step=-1, frequency=100,
+                     initial_sparsity=0.0, power=3.0):
+    """A tfmot schedule object.
+
+    Args:
+      kind: "polynomial" (``PolynomialDecay`` from `initial_sparsity` at
+        `begin_step` to `sparsity` at `end_step`, Zhu & Gupta 2017) or
+        "constant" (``ConstantSparsity``: `sparsity` from `begin_step` on).
+      sparsity: final fraction of weights pruned.
+      begin_step, end_step: optimizer steps of the first and last pruning
+        ("constant": -1 for no end).
+      frequency: prune every this many steps.
+      initial_sparsity, power: of the polynomial schedule.
+    """
+    schedules = tfmot_schedules()
+    if kind == "polynomial":
+        return schedules.PolynomialDecay(initial_sparsity=float(initial_sparsity),
+                                         final_sparsity=float(sparsity),
+                                         begin_step=int(begin_step), end_step=int(end_step),
+                                         power=float(power), frequency=int(frequency))
+    if kind == "constant":
+        return schedules.ConstantSparsity(float(sparsity), begin_step=int(begin_step),
+                                          end_step=int(end_step), frequency=int(frequency))
+    raise ValueError(f"unknown pruning schedule {kind!r}; choose one of {SCHEDULES}")
+
+
+def evaluate_schedule(schedule, step):
+    """(should_prune, sparsity) as Python values from a tfmot schedule at optimizer `step`.
+
+    The sparsity is rounded to 6 decimals: tfmot computes it in float32, and
+    0.9 coming back as 0.89999998 would otherwise shift kept counts at ties.
+    """
+    import tensorflow as tf
+
+    should_prune, sparsity = schedule(tf.constant(int(step), tf.int64))
+    return bool(np.asarray(should_prune)), round(float(np.asarray(sparsity)), 6)
+
+
+def prunable_layers(model):
+    """The masked layers whose mask is given (fixed mode): the ones magnitude pruning sets."""
+    return [layer for layer in masked_layers(model) if layer.mask_mode == "fixed"]
+
+
+def magnitude_masks(model, sparsity, scope="layer"):
+    """Masks keeping the largest |weight| among the entries each fixed-mode mask still keeps.
+
+    Args:
+      model: a model with fixed-mode masked layers.
+      sparsity: target fraction of each layer's weights ("layer") or of all
+        their weights together ("global") that is pruned, in [0, 1].
+      scope: "layer" (every layer keeps round((1 - sparsity) * size) weights) or
+        "global" (round((1 - sparsity) * total) weights ranked over all layers).
+
+    Weights already pruned stay pruned: when the current mask keeps fewer weights
+    than asked, it is returned unchanged (a mask never grows back).
+
+    Returns:
+      {kernel path: float32 0/1 mask}.
+    """
+    if not 0.0 <= sparsity <= 1.0:
+        raise ValueError(f"sparsity (the fraction pruned) must be in [0, 1], got {sparsity}")
+    if scope not in SCOPES:
+        raise ValueError(f"unknown pruning scope {scope!r}; choose one of {SCOPES}")
+    layers = prunable_layers(model)
+    if not layers:
+        raise ValueError("magnitude pruning sets fixed masks: build the model with mask='fixed'")
+    scores, eligible = {}, {}
+    for layer in layers:
+        path = layer.kernel_variable.path
+        scores[path] = np.abs(keras.ops.convert_to_numpy(layer.kernel_variable))
+        eligible[path] = keras.ops.convert_to_numpy(layer.get_mask()) > 0
+    kept = 1.0 - sparsity
+    if scope == "layer":
+        counts = {path: min(int(round(kept * mask.size)), int(mask.sum()))
+                  for path, mask in eligible.items()}
+        return top_masks(scores, counts=counts, eligible=eligible)
+    total = int(round(kept * sum(mask.size for mask in eligible.values())))
+    total = min(total, sum(int(mask.sum()) for mask in eligible.values()))
+    return top_masks(scores, total=total, eligible=eligible)
+
+
+def prune_by_magnitude(model, sparsity, scope="layer"):
+    """Sets the fixed masks of `model` to ``magnitude_masks`` and returns them."""
+    masks = magnitude_masks(model, sparsity, scope)
+    set_masks(model, masks)
+    return masks
+
+
+def pruned_fraction(masks):
+    """Fraction of entries pruned over all the given masks together."""
+    size = sum(np.size(mask) for mask in masks.values())
+    return 1.0 - sum(float(np.sum(mask)) for mask in masks.values()) / size if size else 0.0
+
+
+class GradualPruning(keras.callbacks.Callback):
+    """Magnitude pruning driven by a tfmot pruning schedule while a model trains.
+
+    At the start of each training batch, the optimizer's iteration count is the
+    step handed to the schedule; when it answers ``should_prune``, every
+    fixed-mode mask is set by ``magnitude_masks`` at the schedule's sparsity
+    (before that step's update, as tfmot's own pruning wrapper does).
+
+    Args:
+      schedule: a tfmot ``PruningSchedule`` (see ``pruning_schedule``), or any
+        callable mapping a step tensor to (should_prune, sparsity).
+      scope: "layer" or "global" (see ``magnitude_masks``).
+      verbose: print each pruning step.
+
+    Attributes:
+      events: [{"step", "sparsity", "pruned"}] of the pruning steps taken in this
+        process ("pruned": the fraction actually pruned over the pruned layers).
+    """
+
+    def __init__(self, schedule, scope="layer", verbose=0):
+        super().__init__()
+        if scope not in SCOPES:
+            raise ValueError(f"unknown pruning scope {scope!r}; choose one of {SCOPES}")
+        self.schedule = schedule
+        self.scope = scope
+        self.verbose = verbose
+        self.events = []
+        self._last_step = None
+
+    def on_train_begin(self, logs=None):
+        if not callable(self.schedule):
+            raise ValueError("GradualPruning needs a schedule, e.g. pruning_schedule(...)")
+        if not prunable_layers(self.model):
+            raise ValueError("GradualPruning sets fixed masks: build the model with mask='fixed'")
+        self._last_step = None
+
+    def on_train_batch_begin(self, batch, logs=None):
+        step = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+        if step == self._last_step:
+            return
+        self._last_step = step
+        should_prune, sparsity = evaluate_schedule(self.schedule, step)
+        if should_prune:
+            self.prune(step, sparsity)
+
+    def prune(self, step, sparsity):
+        """Prunes the model to `sparsity` now (recorded as `step`)."""
+        masks = prune_by_magnitude(self.model, sparsity, self.scope)
+        event = {"step": int(step), "sparsity": float(sparsity),
+                 "pruned": pruned_fraction(masks)}
+        self.events.append(event)
+        if self.verbose:
+            print(f"\nstep {step}: pruned to sparsity {sparsity:.4f} "
+                  f"({100 * event['pruned']:.2f}% of the pruned layers' weights)")
+
+
+__all__ = ["GradualPruning", "SCHEDULES", "SCOPES", "evaluate_schedule", "magnitude_masks",
+           "prunable_layers", "prune_by_magnitude", "pruned_fraction", "pruning_schedule",
+           "tfmot_schedules"]
