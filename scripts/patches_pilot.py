@@ -26,19 +26,25 @@ flags.DEFINE_float("width", 0.25, "Width multiplier.")
 flags.DEFINE_list("only", [], "Run only these variant names.")
 FLAGS = flags.FLAGS
 
-# (name, model, TrainConfig overrides)
+# (name, model, TrainConfig overrides). patches_layers is written out where it was
+# the default at the time of the pilot (0: all layers).
 VARIANTS = [
     ("conv2/kaiming_normal", "conv2", dict(init="kaiming_normal")),
     ("conv2/signed_kaiming_constant", "conv2", dict(init="signed_kaiming_constant")),
-    ("conv2/patches", "conv2", dict(init="patches")),
-    ("conv2/patches_rescale", "conv2", dict(init="patches", patches_rescale=True)),
+    ("conv2/patches", "conv2", dict(init="patches", patches_layers=0)),
+    ("conv2/patches_rescale", "conv2", dict(init="patches", patches_layers=0,
+                                            patches_rescale=True)),
     ("conv6/kaiming_normal", "conv6", dict(init="kaiming_normal")),
     ("conv6/signed_kaiming_constant", "conv6", dict(init="signed_kaiming_constant")),
-    ("conv6/patches", "conv6", dict(init="patches")),
+    ("conv6/patches", "conv6", dict(init="patches", patches_layers=0)),
     ("conv6/patches_layers2", "conv6", dict(init="patches", patches_layers=2)),
-    ("conv6/patches_rescale", "conv6", dict(init="patches", patches_rescale=True)),
-    ("conv6/patches_mix0.5", "conv6", dict(init="patches", patches_mix=0.5)),
-    ("conv6/patches_zca", "conv6", dict(init="patches", patches_zca=True)),
+    ("conv6/patches_rescale", "conv6", dict(init="patches", patches_layers=0,
+                                            patches_rescale=True)),
+    ("conv6/patches_mix0.5", "conv6", dict(init="patches", patches_layers=0, patches_mix=0.5)),
+    ("conv6/patches_zca", "conv6", dict(init="patches", patches_layers=0, patches_zca=True)),
+    ("conv6/patches_layers4", "conv6", dict(init="patches", patches_layers=4)),
+    ("conv6/patches_layers2_zca", "conv6", dict(init="patches", patches_layers=2,
+                                                 patches_zca=True)),
 ]
 
 

@@ -63,7 +63,7 @@ def test_every_conv_model_keeps_shapes_and_patches_every_conv_layer(name):
     model = model_for(name)
     before = kernels(model)
     images = smooth_images(72)
-    report = patches_init(model, images, PatchesOptions(seed=1))
+    report = patches_init(model, images, PatchesOptions(seed=1, layers=0))
     after = kernels(model)
     convs = [layer for layer in masked_layers(model) if isinstance(layer, MaskedConv2D)]
     assert len(convs) == CONV_COUNTS[name]
@@ -84,7 +84,9 @@ def test_every_conv_model_keeps_shapes_and_patches_every_conv_layer(name):
 @pytest.mark.parametrize("fan_scale", [1.0, 0.5])
 def test_kernel_std_matches_kaiming_std(mask, fan_scale):
     model = model_for("conv6", mask=mask, width=0.25)
-    report = patches_init(model, smooth_images(80), PatchesOptions(fan_scale=fan_scale))
+    report = patches_init(model, smooth_images(80), PatchesOptions(fan_scale=fan_scale,
+                                                                   layers=0))
+    assert len(report["layers"]) == 6
     for entry in report["layers"]:
         kernel = keras.ops.convert_to_numpy(model.get_layer(entry["name"]).kernel_variable)
         expected = np.sqrt(2.0) / np.sqrt(np.prod(kernel.shape[:-1]) * fan_scale)
@@ -97,7 +99,8 @@ def test_kernel_std_matches_kaiming_std(mask, fan_scale):
 def test_std_without_per_patch_normalisation_or_centring():
     model = model_for("conv4")
     report = patches_init(model, smooth_images(40),
-                          PatchesOptions(normalize=False, center=False, sign_flip=True))
+                          PatchesOptions(normalize=False, center=False, sign_flip=True,
+                                         layers=0))
     for entry in report["layers"]:
         kernel = keras.ops.convert_to_numpy(model.get_layer(entry["name"]).kernel_variable)
         # one factor per layer: the root mean square is the Kaiming std exactly
@@ -111,7 +114,7 @@ def test_same_seed_same_kernels_other_seed_other_kernels():
     results = []
     for seed in (3, 3, 4):
         model = model_for("conv4", seed=0)
-        patches_init(model, images, PatchesOptions(seed=seed, sign_flip=True))
+        patches_init(model, images, PatchesOptions(seed=seed, sign_flip=True, layers=0))
         results.append(kernels(model))
     for name in results[0]:
         np.testing.assert_array_equal(results[0][name], results[1][name])
@@ -122,7 +125,8 @@ def test_same_seed_same_kernels_other_seed_other_kernels():
 def test_each_filter_is_its_source_patch(mask):
     images = smooth_images(48)
     model = model_for("conv4", mask=mask)
-    report = patches_init(model, images, PatchesOptions(seed=2))
+    report = patches_init(model, images, PatchesOptions(seed=2, layers=0))
+    assert len(report["layers"]) == 4
     assert_filters_are_patches(model, report, images)
     assert np.all(report["layers"][0]["signs"] == 1.0)
 
@@ -132,7 +136,7 @@ def test_sign_flips_mix_and_dense_analogue():
     model = model_for("conv4")
     before = kernels(model)
     report = patches_init(model, images, PatchesOptions(seed=5, sign_flip=True, mix=0.5,
-                                                        dense=True))
+                                                        dense=True, layers=0))
     assert_filters_are_patches(model, report, images)
     signs = np.concatenate([entry["signs"] for entry in report["layers"]])
     assert set(signs.tolist()) == {-1.0, 1.0}
@@ -156,21 +160,27 @@ def test_raw_uint8_images_with_normalization_are_patches_of_the_normalised_image
     assert_filters_are_patches(model, report, normalised)
 
 
-def test_first_layers_only_leave_later_layers_as_built():
+@pytest.mark.parametrize("layers", [None, 3])
+def test_first_layers_only_leave_later_layers_as_built(layers):
     model = model_for("conv6")
     before = kernels(model)
-    report = patches_init(model, smooth_images(40), PatchesOptions(layers=2))
-    assert [entry["name"] for entry in report["layers"]] == ["conv1_1", "conv1_2"]
+    options = PatchesOptions() if layers is None else PatchesOptions(layers=layers)
+    report = patches_init(model, smooth_images(40), options)
+    expected = ["conv1_1", "conv1_2", "conv2_1"][:layers or 2]  # default: the first block
+    assert [entry["name"] for entry in report["layers"]] == expected
     after = kernels(model)
     for name in ("conv2_1", "conv2_2", "conv3_1", "conv3_2", "dense1"):
-        np.testing.assert_array_equal(after[name], before[name])
-        assert name.replace("_", "_") in {path.split("/")[0] for path in report["kept"]}
+        if name not in expected:
+            np.testing.assert_array_equal(after[name], before[name])
+            assert name + "/kernel" in report["kept"]
 
 
 def test_rescale_matches_output_power_to_the_uncorrelated_prediction():
     images = smooth_images(64)
     model = model_for("conv4", width=0.25)
-    report = patches_init(model, images, PatchesOptions(rescale=True, forward_images=64))
+    report = patches_init(model, images, PatchesOptions(rescale=True, forward_images=64,
+                                                        layers=0))
+    assert len(report["layers"]) == 4
     working = images[report["working_indices"]]
     factors = []
     for entry in report["layers"]:
@@ -214,19 +224,20 @@ def test_models_with_branches_use_inputs_from_the_model_input():
     outputs = MaskedDense(3, name="out")(keras.layers.Flatten()(c))
     model = keras.Model(inputs, outputs)
     images = smooth_images(12, size=16)
-    report = patches_init(model, images, PatchesOptions())
+    report = patches_init(model, images, PatchesOptions(layers=0))
     assert [entry["name"] for entry in report["layers"]] == ["a", "b", "c"]
     assert_filters_are_patches(model, report, images)
 
 
 def test_clear_errors_for_too_little_data():
     with pytest.raises(ValueError, match=r"layer 'conv2_1' needs 16 images, but only 10"):
-        patches_init(model_for("conv4"), smooth_images(10), PatchesOptions())
+        patches_init(model_for("conv4"), smooth_images(10), PatchesOptions(layers=0))
     with pytest.raises(ValueError, match="forward_images=12 is smaller than the 16"):
-        patches_init(model_for("conv4"), smooth_images(40), PatchesOptions(forward_images=12))
+        patches_init(model_for("conv4"), smooth_images(40),
+                     PatchesOptions(forward_images=12, layers=3))
     small = build_model("conv8", (16, 16, 3), 10, MaskOptions(mask="topk", width=0.125))
     with pytest.raises(ValueError, match=r"'conv4_1': its input is 2x2, smaller than its 3x3"):
-        patches_init(small, smooth_images(80, size=16), PatchesOptions())
+        patches_init(small, smooth_images(80, size=16), PatchesOptions(layers=0))
     fc = build_model("fc", (28, 28, 1), 10, MaskOptions(mask="topk"))
     with pytest.raises(ValueError, match="needs masked conv layers"):
         patches_init(fc, smooth_images(10, size=28, channels=1), PatchesOptions())

@@ -38,8 +38,10 @@ class TrainConfig:
     patches_forward_images: int = option(0, "--init=patches: images propagated through the "
                                          "network to take patches from (0: max(256, the most "
                                          "patch filters of a layer)).")
-    patches_layers: int = option(0, "--init=patches: patch only the first L masked conv layers "
-                                 "(0: all); the others get --patches_rest_init.")
+    patches_layers: int = option(2, "--init=patches: patch only the first L masked conv layers "
+                                 "(0: all); the others get --patches_rest_init. 2 (the first "
+                                 "block of conv2..conv8) did best in the CPU pilot "
+                                 "(runs/results/patches_cpu_pilot.md).")
     patches_rest_init: str = option("signed_kaiming_constant", "--init=patches: initializer of "
                                     "what patches do not reach (conv layers beyond "
                                     "--patches_layers, dense layers, the random filters of "
