@@ -187,6 +187,20 @@ def write_table(args, records, rows, methods, sparsities, command, wall_seconds)
                         for r in records for path in r["collapsed_layers"]})
     seeds = sorted({r["seed"] for r in records})
     train_images = args.train_size or "all"
+    steps = f" (at most {args.kstarts_steps} steps)" if args.kstarts_steps else ""
+    knobs = [
+        ("kstarts", f"kstarts: k = {args.kstarts_k} candidates, each trained "
+                    f"{args.kstarts_epochs} epoch(s){steps}, fitness {args.kstarts_fitness}, "
+                    "then the winner's mask is trained from the initial weights"),
+        ("dissipating", f"dissipating: removal at the end of each of the first "
+                        f"{args.dissipating_epochs} epochs, fraction "
+                        f"{args.dissipating_fraction}, geometric schedule"),
+        ("kstarts_dissipating", "kstarts_dissipating: K-starts to density (1 - sparsity) ** 0.5, "
+                                "dissipating from there"),
+        ("synflow", f"synflow: {args.synflow_iterations} iterations"),
+        ("snip", "snip: one batch"),
+        ("grasp", "grasp: one batch, temperature 200"),
+    ]
     text = [
         f"# Pruning at initialization: {args.model} on {args.dataset}",
         "",
@@ -201,17 +215,10 @@ def write_table(args, records, rows, methods, sparsities, command, wall_seconds)
         "",
         f"- {args.epochs} epochs over {train_images} training images of {args.dataset} "
         f"({args.validation_size} more held out for per-epoch validation), batch "
-        f"{args.batch_size}, {args.optimizer} lr {args.lr}, {args.init} initialization: a "
-        "shortened version of the Frankle & Carbin fc setting (flags/prune_init_fc.cfg "
-        "trains 40 epochs on 55,000 images), chosen so that the whole study fits in about "
-        "45 minutes on the 2-core development machine.",
-        f"- kstarts: k = {args.kstarts_k} candidates, each trained {args.kstarts_epochs} "
-        f"epoch(s), fitness {args.kstarts_fitness}, then the winner's mask is trained from the "
-        f"initial weights; dissipating: removal at the end of each of the first "
-        f"{args.dissipating_epochs} epochs, fraction {args.dissipating_fraction}, geometric "
-        f"schedule; kstarts_dissipating: K-starts to density (1 - sparsity) ** 0.5, "
-        f"dissipating from there; synflow: {args.synflow_iterations} iterations; snip and "
-        "grasp: one batch (grasp temperature 200).",
+        f"{args.batch_size}, {args.optimizer} lr {args.lr}, {args.init} initialization"
+        + (": a shortened version of the Frankle & Carbin fc setting (flags/prune_init_fc.cfg "
+           "trains 40 epochs on 55,000 images)." if args.model == "fc" else "."),
+        "- " + "; ".join(text for name, text in knobs if name in methods) + ".",
         f"- {len(records)} runs; wall time {wall_seconds / 60:.1f} minutes (the sum over "
         "runs).",
         *([f"- {args.note}"] if args.note else []),
@@ -241,22 +248,26 @@ def write_plot(args, rows, methods, sparsities):
 
     figure, axes = plt.subplots(figsize=(8, 5.5))
     colors = plt.get_cmap("tab10")
-    for index, method in enumerate(methods):
+    for method in methods:
+        index = METHODS.index(method) if method in METHODS else len(METHODS)
         for shuffled in (False, True):
             points = [(s, rows[(method, shuffled, s)]) for s in sparsities
                       if (method, shuffled, s) in rows]
             if not points:
                 continue
-            axes.errorbar([100 * s for s, _ in points], [100 * v[0] for _, v in points],
-                          yerr=[100 * v[1] for _, v in points], color=colors(index),
-                          linestyle="--" if shuffled else "-", marker="o", markersize=3,
-                          capsize=2, label=f"{method}{' (shuffled)' if shuffled else ''}")
+            xs = [100 * s for s, _ in points]
+            ys = [100 * v[0] for _, v in points]
+            style = "--" if shuffled else "-"
+            axes.errorbar(xs, ys, yerr=[100 * v[1] for _, v in points], color=colors(index),
+                          linestyle="none", capsize=2)
+            axes.plot(xs, ys, color=colors(index), linestyle=style, marker="o", markersize=3,
+                      label=f"{method}{' (shuffled)' if shuffled else ''}")
     axes.set_xlabel("sparsity (% of weights pruned)")
-    axes.set_ylabel("test accuracy (%)")
+    axes.set_ylabel("test accuracy (%), mean and standard deviation over seeds")
     axes.set_title(f"Pruning at initialization: {args.model} on {args.dataset}")
     axes.set_xticks([100 * s for s in sparsities])
     axes.grid(alpha=0.3)
-    axes.legend(fontsize=7, ncol=2)
+    axes.legend(fontsize=7, ncol=2, handlelength=4)
     figure.tight_layout()
     figure.savefig(args.out + ".png", dpi=120)
 
