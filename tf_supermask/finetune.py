@@ -32,11 +32,11 @@ from tf_supermask.config import config_hash, option, to_flagfile
 from tf_supermask.layers import get_masks, masked_layers, set_masks
 from tf_supermask.pruning.gradual import (SCHEDULES, SCOPES, GradualPruning,
                                           prune_by_magnitude, pruned_fraction, pruning_schedule)
+from tf_supermask.pruning.select import MASK_FILE, load_masks, save_masks
 from tf_supermask.training import run_dir as run_dir_lib
 from tf_supermask.training.config import RUN_CONTROL_FIELDS, TrainConfig
 
 PRUNE_METHODS = ("oneshot", "iterative", "gradual")
-MASK_FILE = "mask.npz"
 DENSE_DIR = "dense"
 # Flags of a dense run that must agree with the fine-tuning flags (they shape the network).
 ARCHITECTURE_FLAGS = ("model", "width", "batchnorm", "dataset")
@@ -218,19 +218,6 @@ def assign_trained(model, values, source="the trained run"):
         variable.assign(values[path])
 
 
-def save_masks(path, masks):
-    """Writes {kernel path: 0/1 mask} to a compressed .npz (uint8), through a temporary file."""
-    temp = os.path.join(os.path.dirname(os.path.abspath(path)), ".tmp-" + os.path.basename(path))
-    with open(temp, "wb") as stream:
-        np.savez_compressed(stream, **{key: np.asarray(value, np.uint8)
-                                       for key, value in masks.items()})
-    os.replace(temp, path)
-
-
-def load_masks(path):
-    """{kernel path: float32 mask} from ``save_masks``'s file."""
-    with np.load(path) as data:
-        return {key: data[key].astype(np.float32) for key in data.files}
 
 
 # The dense run ----------------------------------------------------------------------------

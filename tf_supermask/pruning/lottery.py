@@ -28,11 +28,11 @@ import numpy as np
 from tf_supermask.config import option, to_flagfile
 from tf_supermask.layers import MaskedConv2D, masked_layers, set_masks
 from tf_supermask.pruning.criteria import CRITERIA, criterion_scores
-from tf_supermask.pruning.select import collapsed_layers, shuffle_masks, top_masks
+from tf_supermask.pruning.select import (MASK_FILE, collapsed_layers, load_masks, save_masks,
+                                         shuffle_masks, top_masks)
 from tf_supermask.training import run_dir as run_dir_lib
 from tf_supermask.training.config import RUN_CONTROL_FIELDS, TrainConfig
 
-MASK_FILE = "mask.npz"
 INITIAL = os.path.join("checkpoints", "initial.weights.h5")
 REWIND = os.path.join("checkpoints", "rewind.weights.h5")
 PRUNED_WEIGHTS = ("zero", "init", "zero_if_shrunk")
@@ -157,20 +157,6 @@ def layer_kinds(model):
     return kinds
 
 
-def save_masks(path, masks):
-    """Writes {kernel path: mask} as a compressed .npz (uint8), through a temporary file."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    temp = os.path.join(folder, ".tmp-" + os.path.basename(path))
-    with open(temp, "wb") as stream:
-        np.savez_compressed(stream, **{key: np.asarray(value, np.uint8)
-                                       for key, value in masks.items()})
-    os.replace(temp, path)
-
-
-def load_masks(path):
-    with np.load(path) as data:
-        return {key: data[key].astype(np.float32) for key in data.files}
 
 
 # One pruning step -----------------------------------------------------------------------

@@ -6,7 +6,11 @@ same code serves every Keras backend. Ties are broken by position (earlier
 entries first), so a selection is deterministic.
 """
 
+import os
+
 import numpy as np
+
+MASK_FILE = "mask.npz"
 
 
 def counts_for_fraction(sizes, fraction):
@@ -101,3 +105,20 @@ def shuffle_masks(masks, seed):
 def collapsed_layers(masks):
     """Paths of layers whose mask keeps nothing (a layer that would cut the network)."""
     return [path for path, mask in masks.items() if not np.any(np.asarray(mask))]
+
+
+def save_masks(path, masks):
+    """Writes {kernel path: 0/1 mask} as a compressed .npz (uint8), through a temporary file."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    temp = os.path.join(folder, ".tmp-" + os.path.basename(path))
+    with open(temp, "wb") as stream:
+        np.savez_compressed(stream, **{key: np.asarray(value, np.uint8)
+                                       for key, value in masks.items()})
+    os.replace(temp, path)
+
+
+def load_masks(path):
+    """{kernel path: float32 mask} from a ``save_masks`` file."""
+    with np.load(path) as data:
+        return {key: data[key].astype(np.float32) for key in data.files}
