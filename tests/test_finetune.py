@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from absl import flags
 
+from tf_supermask.comparison import parse_arms, top_overlap, weight_correlation
 from tf_supermask.config import define_flags, from_flags
 from tf_supermask.finetune import (FinetuneConfig, finetune_train_config, load_masks,
                                    load_trained, run_finetune)
@@ -383,9 +384,16 @@ def test_finetune_flagfiles_parse(path):
     define_flags(FinetuneConfig, values)
     values(["prog", f"--flagfile={path}"])
     config = from_flags(FinetuneConfig, values)
-    assert config.model in ("vgg11", "resnet20", "mobilenet_v2")
-    assert config.prune_first_layer == "auto"  # the first conv stays dense (Liu et al.)
-    assert config.dataset == "cifar10" and config.epochs == 150
+    if "fashion_mnist" in path:  # the CPU-sized comparison
+        assert config.model == "fc" and config.dataset == "fashion_mnist"
+        assert config.epochs == config.finetune_epochs
+    else:
+        assert config.model in ("vgg11", "resnet20", "mobilenet_v2")
+        assert config.prune_first_layer == "auto"  # the first conv stays dense (Liu et al.)
+        assert config.dataset == "cifar10" and config.epochs == 150
+    if config.compare:  # the arms all get the pretraining budget
+        assert set(parse_arms(config.compare)) == {"lottery", "rewind", "finetune"}
+        assert config.finetune_epochs == config.epochs
 
 
 def test_binary_reports_bad_flags(tmp_path):
@@ -394,6 +402,113 @@ def test_binary_reports_bad_flags(tmp_path):
                             timeout=300, cwd=tmp_path)
     assert result.returncode != 0
     assert "--sparsity is the fraction pruned" in result.stderr
+    assert not os.path.exists(tmp_path / "run")
+
+
+# The equal-budget comparison (--compare) -------------------------------------------------
+
+@pytest.fixture(scope="module")
+def comparison(tmp_path_factory):
+    """lottery, rewind and finetune arms at two sparsities over a 2-epoch dense run."""
+    keras.utils.set_random_seed(0)
+    run_dir = tmp_path_factory.mktemp("compare") / "experiment"
+    config = tiny(run_dir, epochs=2, finetune_epochs=1, compare="lottery,rewind,finetune",
+                  sparsities="0.5,0.8", rewind_epoch=1)
+    return config, run_finetune(config)
+
+
+def _arm_start(config, run_dir):
+    """(raw kernels, masks) an arm's run started from (its initial.weights.h5)."""
+    model = _load_initial(config, run_dir)
+    return kernels(model), get_masks(model)
+
+
+def test_comparison_arms_share_the_mask_and_differ_in_their_start(comparison):
+    config, summary = comparison
+    experiment = summary["run_dir"]
+    dense = os.path.join(experiment, "dense")
+    dense_model = build_model("fc", (28, 28, 1), 10, MaskOptions(mask="dense", width=0.05))
+    starts = {}
+    for arm, weights in (("lottery", "initial"), ("rewind", "epoch_1")):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            dense_model.load_weights(os.path.join(dense, "checkpoints", f"{weights}.weights.h5"))
+        starts[arm] = kernels(dense_model)
+    starts["finetune"] = kernels(load_trained(dense))
+    for path in starts["lottery"]:  # three different starting points
+        assert not np.allclose(starts["lottery"][path], starts["rewind"][path])
+        assert not np.allclose(starts["rewind"][path], starts["finetune"][path])
+    assert [(p["sparsity"], p["arm"]) for p in summary["arms"]] == [
+        (s, arm) for s in (0.5, 0.8) for arm in ("lottery", "rewind", "finetune")]
+    for sparsity in (0.5, 0.8):
+        # The mask: the largest trained magnitudes of each layer, the same in every arm.
+        expected = {path: np.abs(value) for path, value in starts["finetune"].items()}
+        for arm in ("lottery", "rewind", "finetune"):
+            run_dir = os.path.join(experiment, f"sparsity_{sparsity:g}", arm)
+            start, masks = _arm_start(config, run_dir)
+            final_masks = load_masks(os.path.join(run_dir, "mask.npz"))
+            for path, mask in masks.items():
+                kept = kept_count(sparsity, mask.size)
+                assert mask.sum() == kept
+                threshold = np.sort(expected[path].ravel())[-kept]
+                assert np.all(expected[path][mask > 0] >= threshold)
+                np.testing.assert_array_equal(final_masks[path], mask)
+                np.testing.assert_allclose(start[path] * mask, starts[arm][path] * mask,
+                                           rtol=1e-6, atol=1e-7)
+            results = json.load(open(os.path.join(run_dir, "results.json")))
+            assert results["epochs"] == config.finetune_epochs  # the same budget in every arm
+            assert results["comparison"]["arm"] == arm
+
+
+def test_comparison_records_weight_correlation(comparison):
+    _, summary = comparison
+    correlation = summary["weight_correlation"]
+    assert set(correlation) == {"dense1/kernel", "dense2/kernel", "output/kernel"}
+    for entry in correlation.values():
+        assert -1.0 <= entry["pearson"] <= 1.0
+        assert set(entry["top_overlap"]) == {"0.5", "0.2"}
+    on_disk = json.load(open(os.path.join(summary["run_dir"], "results.json")))
+    assert on_disk["weight_correlation"] == correlation
+
+
+def test_comparison_report_draws_one_line_per_arm(comparison, tmp_path):
+    from tf_supermask.report import collect, write_report
+
+    experiment = comparison[1]["run_dir"]
+    points = collect([experiment])
+    assert sorted({p["variant"] for p in points}) == ["arm=finetune", "arm=lottery", "arm=rewind"]
+    written = write_report([experiment], str(tmp_path / "cmp"))
+    text = open(tmp_path / "cmp.md").read()
+    assert "| arm=lottery | 0.8 | 20.0 |" in text and "output/kernel" in text
+    assert str(tmp_path / "cmp.png") in written
+
+
+def test_weight_correlation_by_hand():
+    initial = np.array([[0.1, -0.9], [0.5, 0.2]])
+    assert top_overlap(initial, initial, 0.5) == 1.0
+    # Top half by magnitude: {-0.9, 0.5} at init, {-0.9, 0.2}-positions after training.
+    assert top_overlap(initial, np.array([[0.0, 1.0], [0.1, 0.3]]), 0.5) == 0.5
+    out = weight_correlation({"k": initial}, {"k": -2 * initial}, [0.25, 0.5])
+    assert out["k"]["pearson"] == pytest.approx(-1.0)
+    assert out["k"]["top_overlap"] == {"0.25": 1.0, "0.5": 1.0}
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(compare="lottery,ticket"), "--compare takes"),
+    (dict(compare="lottery", sparsities="0.5,1.0"), "--sparsities must be"),
+    (dict(compare="lottery", prune_method="gradual", end_epoch=1, finetune_epochs=2),
+     "--prune_method must be oneshot"),
+    (dict(compare="rewind", epochs=2, rewind_epoch=2), "--rewind_epoch must be"),
+])
+def test_comparison_bad_flags(tmp_path, changes, message):
+    with pytest.raises(ValueError, match=message):
+        tiny(tmp_path / "run", **changes)
+
+
+def test_comparison_rewind_needs_the_epoch_weights(dense_run, tmp_path):
+    config = tiny(tmp_path / "run", compare="lottery,rewind", dense_run=dense_run, epochs=2)
+    with pytest.raises(ValueError, match="the rewind arm needs"):
+        run_finetune(config)
     assert not os.path.exists(tmp_path / "run")
 
 

@@ -68,10 +68,16 @@ def config_hash(config, exclude: Sequence[str] = ()) -> str:
 
 
 def to_flagfile(config, exclude: Sequence[str] = ()) -> str:
-    """Every field as a `--name=value` line: a flagfile that reproduces the run."""
+    """Every field as a `--name=value` line: a flagfile that reproduces the run.
+
+    Fields the configuration reports through an ``inactive_fields()`` method (flags
+    that cannot change this run, e.g. PatchesInit's options without --init=patches)
+    are left out, so changing their defaults never makes old runs look different.
+    """
+    inactive = set(config.inactive_fields()) if hasattr(config, "inactive_fields") else set()
     lines = []
     for field in dataclasses.fields(config):
-        if field.name in exclude:
+        if field.name in exclude or field.name in inactive:
             continue
         value = getattr(config, field.name)
         if isinstance(value, bool):

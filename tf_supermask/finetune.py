@@ -82,6 +82,16 @@ class FinetuneConfig(TrainConfig):
     finetune_epochs: int = option(10, "Fine-tuning epochs (per round for iterative).")
     finetune_lr: float = option(0.0, "Fine-tuning learning rate (0: --lr); --lr_schedule and "
                                 "its milestones start over in each fine-tuning run.")
+    compare: str = option("", "Instead of one pruning run, Liu et al.'s comparison at equal "
+                          "budget: comma-separated arms among lottery (start from the dense "
+                          "run's initial weights), rewind (from its weights after "
+                          "--rewind_epoch), finetune (from its trained weights). Every arm "
+                          "trains --finetune_epochs at --finetune_lr under the same one-shot "
+                          "magnitude mask, at each of --sparsities (see "
+                          "tf_supermask/comparison.py).")
+    sparsities: str = option("0.5,0.7,0.9", "--compare: comma-separated sparsities (fractions "
+                             "pruned).")
+    rewind_epoch: int = option(1, "--compare: epoch of the dense run the rewind arm starts from.")
 
     def __post_init__(self):
         super().__post_init__()
@@ -104,6 +114,16 @@ class FinetuneConfig(TrainConfig):
             raise ValueError(f"--power must be positive, got {self.power}")
         if self.begin_epoch < 0 or self.end_epoch < 0:
             raise ValueError("--begin_epoch and --end_epoch must be at least 0")
+        if self.compare:
+            from tf_supermask.comparison import parse_arms, parse_sparsities
+
+            parse_sparsities(self.sparsities)
+            if self.prune_method != "oneshot":
+                raise ValueError(f"--compare prunes in one shot; --prune_method must be oneshot, "
+                                 f"got {self.prune_method!r}")
+            if "rewind" in parse_arms(self.compare) and not 0 < self.rewind_epoch < self.epochs:
+                raise ValueError(f"--rewind_epoch must be between 1 and --epochs - 1 "
+                                 f"({self.epochs - 1}), got {self.rewind_epoch}")
         if self.prune_method == "gradual":
             if self.begin_step < 0 and self.begin_epoch >= self.finetune_epochs:
                 raise ValueError(f"--begin_epoch={self.begin_epoch} leaves no fine-tuning "
@@ -115,6 +135,10 @@ class FinetuneConfig(TrainConfig):
             if self.schedule == "polynomial" and self.end_step < 0 and self.end_epoch == 0:
                 raise ValueError("--prune_method=gradual --schedule=polynomial needs the end of "
                                  "pruning: --end_epoch or --end_step")
+
+    def inactive_fields(self):
+        comparison = ("sparsities", "rewind_epoch")
+        return super().inactive_fields() + (("sparsity",) if self.compare else comparison)
 
     def schedule_steps(self, steps_per_epoch):
         """(begin, end) optimizer steps of the first and last pruning of the gradual schedule.
@@ -307,7 +331,8 @@ def _steps_per_epoch(config):
 
 
 def run_finetune(config: FinetuneConfig, callbacks=()):
-    """Runs (or resumes) a pruning-and-fine-tuning experiment.
+    """Runs (or resumes) a pruning-and-fine-tuning experiment, or with --compare the
+    equal-budget comparison of ``tf_supermask.comparison.run_comparison``.
 
     Args:
       config: the experiment's FinetuneConfig.
@@ -324,6 +349,10 @@ def run_finetune(config: FinetuneConfig, callbacks=()):
     """
     from tf_supermask.training.trainer import train
 
+    if config.compare:
+        from tf_supermask.comparison import run_comparison
+
+        return run_comparison(config, callbacks)
     experiment = config.run_dir or default_finetune_dir(config)
     dense_run = config.dense_run
     dense_results = check_dense_run(config, dense_run) if dense_run else None

@@ -1,7 +1,8 @@
 """Tables and plots from run directories: accuracy against weights remaining.
 
-A point is one finished run (tf-supermask-train, -prune-init, -finetune) or
-one level of a lottery experiment. Points are grouped into variants by the
+A point is one finished run (tf-supermask-train, -prune-init, -finetune), one
+level of a lottery experiment, or one arm at one sparsity of a comparison
+(tf-supermask-finetune --compare; labelled by its arm). Points are grouped into variants by the
 flags that differ between the given runs (seeds, output paths and, for plain
 runs, the kept fraction k excepted), so the same call draws a criteria
 comparison, a sweep over k or a ticket against its controls. Within a variant,
@@ -33,6 +34,12 @@ def _points_of(run_dir):
         flags = parse_flagfile(stream.read())
     results = read_json(results_path)
     base = {"run_dir": run_dir, "seed": flags.get("seed", "0")}
+    if "arms" in results:
+        return [(flags, {**base, "level": entry["sparsity"], "arm": entry["arm"],
+                         "run_dir": os.path.join(run_dir, entry["run_dir"]),
+                         "weights_remaining": entry["weights_remaining"],
+                         "test_accuracy": entry["test_accuracy"]})
+                for entry in results["arms"]]
     if "levels" in results:
         return [(flags, {**base, "level": entry["level"],
                          "weights_remaining": entry["weights_remaining"],
@@ -61,7 +68,8 @@ def collect(run_dirs):
                and len({flags.get(name) for flags, _ in entries}) > 1]
     points = []
     for flags, point in entries:
-        label = ", ".join(f"{name}={flags.get(name, '')}" for name in varying) or "all runs"
+        label = ", ".join([f"{name}={flags.get(name, '')}" for name in varying]
+                          + ([f"arm={point['arm']}"] if "arm" in point else [])) or "all runs"
         if flags.get("masks_from"):
             label += " (masks of another run)"
         points.append({"variant": label, **point})
@@ -122,6 +130,29 @@ def to_markdown(points, metrics=METRICS):
     return "\n".join(parts) + "\n"
 
 
+def correlation_markdown(run_dirs):
+    """Table of the initial-vs-trained weight correlation each comparison recorded (Pearson r
+    and the overlap of the top fraction by magnitude, per kernel), or "" when none did."""
+    rows = []
+    for run_dir in run_dirs:
+        results = read_json(os.path.join(run_dir, RESULTS_FILE))
+        for layer, entry in results.get("weight_correlation", {}).items():
+            rows.append((run_dir, results.get("pretraining_lr", ""), layer, entry))
+    if not rows:
+        return ""
+    fractions = sorted({f for *_, entry in rows for f in entry["top_overlap"]}, key=float,
+                       reverse=True)
+    parts = ["### initial vs trained weights of the dense run (Pearson r; overlap of the "
+             "top fraction by magnitude, chance = the fraction)\n",
+             "| run | lr | kernel | pearson | " + " | ".join(f"top {f}" for f in fractions) + " |",
+             "| --- | --- | --- | --- | " + " | ".join("---" for _ in fractions) + " |"]
+    for run_dir, lr, layer, entry in rows:
+        overlaps = " | ".join(f"{entry['top_overlap'].get(f, float('nan')):.3f}"
+                              for f in fractions)
+        parts.append(f"| {run_dir} | {lr} | {layer} | {entry['pearson']:.3f} | {overlaps} |")
+    return "\n".join(parts) + "\n"
+
+
 def plot(points, path, metric="test_accuracy", title=None):
     """PNG of `metric` against percent of weights remaining (log scale, decreasing to the right)."""
     import matplotlib
@@ -173,7 +204,7 @@ def write_report(run_dirs, output_prefix, title=None):
     points = collect(run_dirs)
     written = []
     write_atomic(output_prefix + ".csv", to_csv(points))
-    write_atomic(output_prefix + ".md", to_markdown(points))
+    write_atomic(output_prefix + ".md", to_markdown(points) + correlation_markdown(run_dirs))
     written += [output_prefix + ".csv", output_prefix + ".md"]
     for metric in METRICS:
         if any(metric in point for point in points):

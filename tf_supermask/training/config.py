@@ -139,6 +139,14 @@ class TrainConfig:
         if self.score_init:
             INITIALIZERS.get(self.score_init)
 
+    def inactive_fields(self):
+        """Flags that cannot change this run (left out of its flags.txt): the patches_*
+        options unless --init=patches."""
+        if self.init == "patches":
+            return ()
+        return tuple(field.name for field in dataclasses.fields(self)
+                     if field.name.startswith("patches_"))
+
     def milestones(self):
         """Epochs of the step schedule, as ints."""
         try:

@@ -1,0 +1,209 @@
+"""Lottery ticket, late rewinding and fine-tuning under one mask and one budget (Liu et al.,
+ICML 2021), and the correlation between initial and trained weights.
+
+``tf-supermask-finetune --compare=lottery,rewind,finetune --sparsities=0.5,0.7,0.9`` trains
+(or takes, ``--dense_run``) one dense run, prunes its final weights by one-shot magnitude
+at each sparsity, and trains every arm under that same mask for the same ``--finetune_epochs``
+at the same learning rate and schedule. The arms differ only in the weights they start from:
+
+- ``lottery``: the dense run's initial weights (the winning ticket, rewound to init);
+- ``rewind``: its weights after ``--rewind_epoch`` epochs (late rewinding);
+- ``finetune``: its final, trained weights (pruning and fine-tuning).
+
+Layout::
+
+    RUN_DIR/
+      flags.txt, results.json     the flags; every arm's accuracy and the weight correlations
+      dense/                      the dense run (unless --dense_run); it also keeps
+                                  checkpoints/epoch_<k>.weights.h5 for the rewind arm
+      sparsity_0.5/lottery/ ...   one tf-supermask-train run directory per arm (mask.npz too)
+
+``tf-supermask-report RUN_DIR ...`` draws accuracy against weights remaining, one line per
+arm (and per differing flag, e.g. the learning rate of two experiments), and adds a table of
+the weight correlations.
+"""
+
+import os
+
+import numpy as np
+
+ARMS = ("lottery", "rewind", "finetune")
+
+
+def parse_arms(text):
+    """The arms named in --compare, checked."""
+    arms = [part.strip() for part in text.split(",") if part.strip()]
+    unknown = sorted(set(arms) - set(ARMS))
+    if unknown or not arms:
+        raise ValueError(f"--compare takes comma-separated arms among {ARMS}, got {text!r}")
+    return arms
+
+
+def parse_sparsities(text):
+    """The sparsities of --sparsities, each a fraction pruned in [0, 1)."""
+    try:
+        values = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        values = []
+    if not values or any(not 0.0 <= value < 1.0 for value in values):
+        raise ValueError(f"--sparsities must be comma-separated fractions pruned in [0, 1), "
+                         f"got {text!r}")
+    return values
+
+
+def rewind_weights_path(dense_run, epoch):
+    from tf_supermask.training.trainer import INITIAL_WEIGHTS
+
+    return os.path.join(dense_run, os.path.dirname(INITIAL_WEIGHTS), f"epoch_{epoch}.weights.h5")
+
+
+# Weight correlation ----------------------------------------------------------------------
+
+def top_overlap(initial, trained, fraction):
+    """Share of the `fraction` largest-magnitude initial weights that are also among the
+    `fraction` largest trained ones (1: the same set; `fraction` on average by chance)."""
+    initial, trained = np.abs(np.ravel(initial)), np.abs(np.ravel(trained))
+    count = int(round(fraction * initial.size))
+    if count == 0:
+        return float("nan")
+    top_initial = np.argsort(-initial, kind="stable")[:count]
+    top_trained = np.argsort(-trained, kind="stable")[:count]
+    return len(np.intersect1d(top_initial, top_trained)) / count
+
+
+def weight_correlation(initial, trained, fractions):
+    """{kernel path: {"pearson": r, "top_overlap": {fraction: overlap}}} between the initial
+    and trained values of each kernel (dicts keyed by path, as from ``kernel_values``)."""
+    out = {}
+    for path in sorted(initial):
+        a, b = np.ravel(initial[path]).astype(np.float64), np.ravel(trained[path]).astype(np.float64)
+        pearson = float(np.corrcoef(a, b)[0, 1]) if a.std() > 0 and b.std() > 0 else float("nan")
+        out[path] = {"pearson": pearson,
+                     "top_overlap": {f"{fraction:g}": top_overlap(a, b, fraction)
+                                     for fraction in fractions}}
+    return out
+
+
+# The arms --------------------------------------------------------------------------------
+
+def _dense_values(dense_run, weights_path, dataset):
+    """{variable path: value} of a weights file of the dense run, with masked kernels as they
+    act (weight x mask); the model is built from the dense run's own flags."""
+    from tf_supermask.export import run_model_options
+    from tf_supermask.finetune import trained_values
+    from tf_supermask.models import build_model
+    from tf_supermask.pruning.lottery import load_weights
+
+    name, options, _ = run_model_options(dense_run)
+    model = build_model(name, dataset.input_shape, dataset.num_classes, options)
+    load_weights(model, weights_path)
+    return trained_values(model)
+
+
+class _ArmStart:
+    """train()'s prepare hook of one arm: the magnitude mask of the trained weights at
+    `sparsity`, over the weights the arm starts from (`start_path`; None: the trained ones)."""
+
+    def __init__(self, config, dense_run, arm, sparsity, start_path):
+        self.scope = config.prune_scope
+        self.dense_run = dense_run
+        self.arm = arm
+        self.sparsity = sparsity
+        self.start_path = start_path
+
+    def __call__(self, model, train_batches, dataset):
+        from tf_supermask.finetune import assign_trained, load_trained, trained_values
+        from tf_supermask.layers import set_masks
+        from tf_supermask.pruning.gradual import prune_by_magnitude, pruned_fraction
+
+        source = f"the dense run {self.dense_run}"
+        assign_trained(model, trained_values(load_trained(self.dense_run)), source)
+        masks = prune_by_magnitude(model, self.sparsity, self.scope)
+        if self.start_path is not None:
+            assign_trained(model, _dense_values(self.dense_run, self.start_path, dataset), source)
+            set_masks(model, masks)
+        return {"comparison": {"arm": self.arm, "sparsity": self.sparsity,
+                               "started_from": self.start_path or "trained weights",
+                               "pruned_at_start": pruned_fraction(masks)}}
+
+
+def run_comparison(config, callbacks=()):
+    """Runs (or resumes) the comparison of a FinetuneConfig with --compare set.
+
+    Returns:
+      The summary also written to ``<run_dir>/results.json``, with ``run_dir``.
+    """
+    from tf_supermask.config import to_flagfile
+    from tf_supermask.finetune import (DENSE_DIR, _finetune_run, check_dense_run,
+                                       default_finetune_dir, finetune_train_config, load_trained,
+                                       train_config, trained_values)
+    from tf_supermask.layers import masked_layers
+    from tf_supermask.pruning.lottery import SaveWeightsAtStep
+    from tf_supermask.training import run_dir as run_dir_lib
+    from tf_supermask.training.config import RUN_CONTROL_FIELDS
+    from tf_supermask.training.trainer import INITIAL_WEIGHTS, load_data, train
+
+    arms, sparsities = parse_arms(config.compare), parse_sparsities(config.sparsities)
+    experiment = config.run_dir or default_finetune_dir(config).replace("finetune_", "compare_", 1)
+    dataset, _ = load_data(config)  # fails before anything is written
+    steps = -(-len(dataset.x_train) // config.batch_size)
+    steps = min(steps, config.steps_per_epoch) if config.steps_per_epoch else steps
+    dense_run = config.dense_run
+    if dense_run:
+        dense_results = check_dense_run(config, dense_run)
+        if "rewind" in arms and not os.path.exists(rewind_weights_path(dense_run,
+                                                                        config.rewind_epoch)):
+            raise ValueError(f"the rewind arm needs the weights of --dense_run={dense_run} after "
+                             f"epoch {config.rewind_epoch} "
+                             f"({rewind_weights_path(dense_run, config.rewind_epoch)}), saved "
+                             "only when the comparison trains its dense run: leave --dense_run "
+                             "empty or drop the rewind arm")
+    run_dir_lib.prepare(experiment, to_flagfile(config), config.overwrite,
+                        ignore=RUN_CONTROL_FIELDS)
+    if not dense_run:
+        dense_run = os.path.join(experiment, DENSE_DIR)
+        results_path = os.path.join(dense_run, run_dir_lib.RESULTS_FILE)
+        if os.path.exists(results_path):
+            dense_results = run_dir_lib.read_json(results_path)
+        else:
+            extra = list(callbacks)
+            if "rewind" in arms:
+                extra.append(SaveWeightsAtStep(rewind_weights_path(dense_run, config.rewind_epoch),
+                                               config.rewind_epoch * steps))
+            dense_results = train(train_config(config, mask="dense", run_dir=dense_run,
+                                               overwrite=False), callbacks=extra)
+    starts = {"lottery": os.path.join(dense_run, INITIAL_WEIGHTS),
+              "rewind": rewind_weights_path(dense_run, config.rewind_epoch), "finetune": None}
+
+    points = []
+    for sparsity in sparsities:
+        for arm in arms:
+            run_dir = os.path.join(experiment, f"sparsity_{sparsity:g}", arm)
+            start = _ArmStart(config, dense_run, arm, sparsity, starts[arm])
+            results, _ = _finetune_run(
+                run_dir, lambda: train(finetune_train_config(config, run_dir),
+                                       callbacks=callbacks, prepare=start))
+            points.append({"arm": arm, "sparsity": sparsity, "run_dir": os.path.relpath(
+                               run_dir, experiment),
+                           "test_accuracy": results["test_accuracy"],
+                           "weights_remaining": results["weights_remaining"],
+                           "pruned_layers_sparsity": results["pruned_layers_sparsity"]})
+            if config.verbose:
+                print(f"sparsity {sparsity:g}, {arm}: test accuracy "
+                      f"{results['test_accuracy']:.4f}")
+
+    # Correlation of each kernel between initialization and the end of pretraining.
+    trained = trained_values(load_trained(dense_run))
+    initial = _dense_values(dense_run, starts["lottery"], dataset)
+    paths = [layer.kernel_variable.path for layer in masked_layers(load_trained(dense_run))]
+    correlation = weight_correlation({path: initial[path] for path in paths},
+                                     {path: trained[path] for path in paths},
+                                     [1.0 - s for s in sparsities])
+    summary = {"experiment": "comparison", "arms": points, "dense_run": dense_run,
+               "dense_test_accuracy": dense_results["test_accuracy"],
+               "pretraining_lr": config.lr, "retraining_epochs": config.finetune_epochs,
+               "rewind_epoch": config.rewind_epoch if "rewind" in arms else None,
+               "weight_correlation": correlation}
+    run_dir_lib.write_json(os.path.join(experiment, run_dir_lib.RESULTS_FILE), summary)
+    summary["run_dir"] = experiment
+    return summary
