@@ -178,6 +178,31 @@ def test_gradual_pruning_follows_the_polynomial_schedule():
         assert mask.sum() == kept_count(0.75, mask.size)
 
 
+def test_gradual_pruning_writes_per_layer_sparsity_to_tensorboard(tmp_path):
+    import tensorflow as tf
+
+    model = _fixed_fc()
+    model.compile(optimizer=keras.optimizers.SGD(0.05),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    schedule = pruning_schedule("polynomial", 0.6, begin_step=0, end_step=4, frequency=2)
+    pruner = GradualPruning(schedule, "layer", log_dir=str(tmp_path / "tb"))
+    model.fit(np.zeros((16, 4, 4, 1), "float32"), np.zeros(16), batch_size=2, verbose=0,
+              callbacks=[pruner])
+    logged = {}
+    for path in glob.glob(str(tmp_path / "tb" / "events*")):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for value in event.summary.value:
+                logged[(value.tag, event.step)] = float(tf.make_ndarray(value.tensor))
+    paths = [layer.kernel_variable.path for layer in masked_layers(model)]
+    for event in pruner.events:  # steps 0, 2, 4: every layer at the schedule's sparsity
+        for path in paths:
+            size = np.size(get_masks(model)[path])
+            expected = 1.0 - kept_count(event["sparsity"], size) / size
+            assert logged[(f"sparsity/{path}", event["step"])] == pytest.approx(expected)
+        assert logged[("sparsity/pruned_layers", event["step"])] == pytest.approx(event["pruned"])
+    assert [event["step"] for event in pruner.events] == [0, 2, 4]
+
+
 def test_gradual_pruning_needs_a_fixed_model():
     model = build_model("fc", (4, 4, 1), 3, MaskOptions(mask="topk", width=0.05))
     model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")

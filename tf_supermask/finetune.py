@@ -398,7 +398,8 @@ def run_finetune(config: FinetuneConfig, callbacks=()):
         if config.prune_method == "gradual":
             schedule = pruning_schedule(config.schedule, config.sparsity, begin, end,
                                         config.frequency, config.initial_sparsity, config.power)
-            gradual = GradualPruning(schedule, config.prune_scope, verbose=config.verbose)
+            gradual = GradualPruning(schedule, config.prune_scope, verbose=config.verbose,
+                                     log_dir=os.path.join(run_dir, "tensorboard", "pruning"))
             extra.append(gradual)
             start = _Start(dense_run, config.prune_scope)
         else:

@@ -181,13 +181,16 @@ class GradualPruning(keras.callbacks.Callback):
         callable mapping a step tensor to (should_prune, sparsity).
       scope: "layer" or "global" (see ``magnitude_masks``).
       verbose: print each pruning step.
+      log_dir: where TensorBoard scalars ``sparsity/<kernel path>`` and
+        ``sparsity/pruned_layers`` are written at every pruning step (with the
+        optimizer step as x); None, or no TensorFlow/TensorBoard: not written.
 
     Attributes:
       events: [{"step", "sparsity", "pruned"}] of the pruning steps taken in this
         process ("pruned": the fraction actually pruned over the pruned layers).
     """
 
-    def __init__(self, schedule, scope="layer", verbose=0):
+    def __init__(self, schedule, scope="layer", verbose=0, log_dir=None):
         super().__init__()
         if scope not in SCOPES:
             raise ValueError(f"unknown pruning scope {scope!r}; choose one of {SCOPES}")
@@ -195,6 +198,8 @@ class GradualPruning(keras.callbacks.Callback):
         self.scope = scope
         self.verbose = verbose
         self.events = []
+        self.log_dir = log_dir
+        self._writer = None
         self._last_step = None
 
     def on_train_begin(self, logs=None):
@@ -203,6 +208,17 @@ class GradualPruning(keras.callbacks.Callback):
         if not prunable_layers(self.model):
             raise ValueError("GradualPruning sets fixed masks: build the model with mask='fixed'")
         self._last_step = None
+        from tf_supermask.training.callbacks import tensorboard_available
+
+        if self.log_dir and tensorboard_available():
+            import tensorflow as tf
+
+            self._writer = tf.summary.create_file_writer(self.log_dir)
+
+    def on_train_end(self, logs=None):
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
 
     def on_train_batch_begin(self, batch, logs=None):
         step = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
@@ -219,6 +235,14 @@ class GradualPruning(keras.callbacks.Callback):
         event = {"step": int(step), "sparsity": float(sparsity),
                  "pruned": pruned_fraction(masks)}
         self.events.append(event)
+        if self._writer is not None:
+            import tensorflow as tf
+
+            with self._writer.as_default():
+                for path, mask in masks.items():
+                    tf.summary.scalar(f"sparsity/{path}", 1.0 - float(np.mean(mask)), step=step)
+                tf.summary.scalar("sparsity/pruned_layers", event["pruned"], step=step)
+            self._writer.flush()
         if self.verbose:
             print(f"\nstep {step}: pruned to sparsity {sparsity:.4f} "
                   f"({100 * event['pruned']:.2f}% of the pruned layers' weights)")

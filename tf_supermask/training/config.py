@@ -96,7 +96,7 @@ class TrainConfig:
     seed: int = option(0, "Seed of weights, masks, data order and augmentation.")
 
     # Execution.
-    strategy: str = option("mirrored", "Distribution: mirrored (all local GPUs or the CPU), "
+    strategy: str = option("mirrored", "Distribution: mirrored (all local GPUs; one_device when there is one), "
                            "one_device, multi_worker (TF_CONFIG). TensorFlow backend only.",
                            ("mirrored", "one_device", "multi_worker"))
     jit_compile: str = option("auto", "XLA compilation of the train step.",
