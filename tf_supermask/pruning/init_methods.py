@@ -40,8 +40,8 @@ from keras import ops
 
 from tf_supermask.backend import gradient_function, value_and_grads
 from tf_supermask.layers import get_masks, masked_layers, set_masks
-from tf_supermask.pruning.select import (collapsed_layers, counts_for_fraction, shuffle_masks,
-                                         top_masks)
+from tf_supermask.pruning.select import (collapsed_layers, counts_for_fraction, load_masks,
+                                         shuffle_masks, top_masks)
 from tf_supermask.registry import Registry
 
 PRUNE_METHODS = Registry("pruning-at-initialization method")
@@ -843,8 +843,7 @@ def compute_masks(model, batches, options, steps_per_epoch=0):
     method = PRUNE_METHODS.get(options.method)
     fixed_layers(model)
     if options.mask_file:
-        with np.load(options.mask_file) as stored:
-            masks = {key: np.asarray(stored[key], np.float32) for key in stored.files}
+        masks = load_masks(options.mask_file)
         set_masks(model, masks)
         info = {"mask_file": options.mask_file}
     else:

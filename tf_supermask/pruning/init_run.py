@@ -12,16 +12,14 @@ import os
 import time
 
 import keras
-import numpy as np
 
 from tf_supermask.config import option
 from tf_supermask.layers import get_masks
 from tf_supermask.pruning.init_methods import (PRUNE_METHODS, PruneOptions, compute_masks,
                                                make_callback, sparsity_per_layer)
+from tf_supermask.pruning.select import MASK_FILE, save_masks
 from tf_supermask.training import run_dir as run_dir_lib
 from tf_supermask.training.config import TrainConfig
-
-MASK_FILE = "mask.npz"
 
 
 @dataclasses.dataclass
@@ -75,8 +73,7 @@ class MaskRecorder(keras.callbacks.Callback):
 
     def on_train_end(self, logs=None):
         masks = get_masks(self.model)
-        os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        np.savez(self.path, **masks)
+        save_masks(self.path, masks)
         kept = sum(float(mask.sum()) for mask in masks.values())
         size = sum(mask.size for mask in masks.values())
         self.extra["mask_sparsity"] = 1.0 - kept / size
