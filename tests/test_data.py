@@ -1,10 +1,12 @@
 """Tests of tf_supermask.data: sources, splits, error messages, ArrayBatches."""
 
+import contextlib
 import os
 import subprocess
 import sys
 import types
 
+import keras
 import numpy as np
 import pytest
 
@@ -315,3 +317,61 @@ def test_importing_data_does_not_import_tensorflow():
             "assert 'tensorflow' not in sys.modules, 'tensorflow imported'; "
             "assert 'tensorflow_datasets' not in sys.modules, 'tensorflow_datasets imported'")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO_ROOT, env=env)
+
+
+class LabelRecorder(keras.Model):
+    """Flatten + Dense that keeps the (images, labels) of every batch `fit` trains on."""
+
+    def __init__(self, classes):
+        super().__init__()
+        self.flatten = keras.layers.Flatten()
+        self.dense = keras.layers.Dense(classes)
+        self.seen = []
+
+    def call(self, x):
+        return self.dense(self.flatten(x))
+
+    def train_step(self, *args):  # (data), or (state, data) under JAX
+        images, labels = args[-1][:2]
+        self.seen.append((np.asarray(images), np.asarray(labels)))
+        return super().train_step(*args)
+
+
+def trained_on(batches, epochs=3):
+    """(images, labels) per epoch of what `fit` trains on (run eagerly).
+
+    Under TensorFlow the model lives in a tf.distribute strategy as in the
+    trainer: `fit` then draws a batch to build the model before training (JAX
+    always does), the path on which prefetched batches used to leak.
+    """
+    scope = contextlib.nullcontext()
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        scope = tf.distribute.OneDeviceStrategy("/cpu:0").scope()
+    with scope:
+        model = LabelRecorder(int(batches.y.max()) + 1)
+        model.compile("sgd", "sparse_categorical_crossentropy", metrics=["accuracy"],
+                      run_eagerly=True)
+    steps = len(batches)
+    model.fit(batches, epochs=epochs, steps_per_epoch=steps, shuffle=False, verbose=0)
+    assert len(model.seen) == epochs * steps
+    return [tuple(np.concatenate(part) for part in zip(*model.seen[e * steps:(e + 1) * steps]))
+            for e in range(epochs)]
+
+
+@pytest.mark.parametrize("steps_per_epoch", [None, 4])
+@pytest.mark.parametrize("workers", [1, 3])
+def test_fit_trains_on_the_seeded_permutation_of_each_epoch(workers, steps_per_epoch):
+    x = np.random.default_rng(0).integers(0, 256, (40, 4, 4, 1), dtype=np.uint8)
+    batches = data.ArrayBatches(x, np.arange(40), 4, shuffle=True, augment=True, seed=5,
+                                steps_per_epoch=steps_per_epoch, workers=workers)
+    served = 4 * len(batches)
+    assert served == (16 if steps_per_epoch else 40)
+    # fit calls on_epoch_end once before training: its epochs are epochs 1, 2, 3,
+    # each the first `served` examples of its permutation, whatever the workers
+    for epoch, (images, labels) in enumerate(trained_on(batches), start=1):
+        np.testing.assert_array_equal(
+            labels, np.random.default_rng((5, epoch)).permutation(40)[:served])
+        expected = np.concatenate([batches.batch(epoch, i)[0] for i in range(len(batches))])
+        np.testing.assert_array_equal(images, expected)  # the same augmentation too

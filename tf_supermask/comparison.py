@@ -136,7 +136,7 @@ def run_comparison(config, callbacks=()):
     from tf_supermask.config import to_flagfile
     from tf_supermask.finetune import (DENSE_DIR, _finetune_run, check_dense_run,
                                        default_finetune_dir, finetune_train_config, load_trained,
-                                       train_config, trained_values)
+                                       train_dense, trained_values)
     from tf_supermask.layers import masked_layers
     from tf_supermask.pruning.lottery import SaveWeightsAtStep
     from tf_supermask.training import run_dir as run_dir_lib
@@ -161,17 +161,12 @@ def run_comparison(config, callbacks=()):
     run_dir_lib.prepare(experiment, to_flagfile(config), config.overwrite,
                         ignore=RUN_CONTROL_FIELDS)
     if not dense_run:
-        dense_run = os.path.join(experiment, DENSE_DIR)
-        results_path = os.path.join(dense_run, run_dir_lib.RESULTS_FILE)
-        if os.path.exists(results_path):
-            dense_results = run_dir_lib.read_json(results_path)
-        else:
-            extra = list(callbacks)
-            if "rewind" in arms:
-                extra.append(SaveWeightsAtStep(rewind_weights_path(dense_run, config.rewind_epoch),
-                                               config.rewind_epoch * steps))
-            dense_results = train(train_config(config, mask="dense", run_dir=dense_run,
-                                               overwrite=False), callbacks=extra)
+        extra = list(callbacks)
+        if "rewind" in arms:
+            extra.append(SaveWeightsAtStep(
+                rewind_weights_path(os.path.join(experiment, DENSE_DIR), config.rewind_epoch),
+                config.rewind_epoch * steps))
+        dense_run, dense_results = train_dense(config, experiment, extra)
     starts = {"lottery": os.path.join(dense_run, INITIAL_WEIGHTS),
               "rewind": rewind_weights_path(dense_run, config.rewind_epoch), "finetune": None}
 

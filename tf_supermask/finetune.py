@@ -276,6 +276,19 @@ def check_dense_run(config, dense_run):
     return run_dir_lib.read_json(results_path)
 
 
+def train_dense(config, experiment, callbacks=()):
+    """(run directory, results) of the experiment's own dense run, <experiment>/dense,
+    trained with the experiment's training flags unless it finished earlier."""
+    from tf_supermask.training.trainer import train
+
+    dense_run = os.path.join(experiment, DENSE_DIR)
+    results_path = os.path.join(dense_run, run_dir_lib.RESULTS_FILE)
+    if os.path.exists(results_path):
+        return dense_run, run_dir_lib.read_json(results_path)
+    return dense_run, train(train_config(config, mask="dense", run_dir=dense_run,
+                                         overwrite=False), callbacks=callbacks)
+
+
 # One fine-tuning run ------------------------------------------------------------------------
 
 class _Start:
@@ -364,13 +377,7 @@ def run_finetune(config: FinetuneConfig, callbacks=()):
                         ignore=RUN_CONTROL_FIELDS)
 
     if not dense_run:
-        dense_run = os.path.join(experiment, DENSE_DIR)
-        results_path = os.path.join(dense_run, run_dir_lib.RESULTS_FILE)
-        if os.path.exists(results_path):
-            dense_results = run_dir_lib.read_json(results_path)
-        else:
-            dense_results = train(train_config(config, mask="dense", run_dir=dense_run,
-                                               overwrite=False), callbacks=callbacks)
+        dense_run, dense_results = train_dense(config, experiment, callbacks)
 
     summary = {"experiment": "finetune", "prune_method": config.prune_method,
                "prune_scope": config.prune_scope, "target_sparsity": config.sparsity,

@@ -4,6 +4,8 @@
 every Keras backend; nothing here needs TensorFlow.
 """
 
+import concurrent.futures
+import threading
 from typing import Optional, Sequence, Tuple, Union
 
 import keras
@@ -53,22 +55,39 @@ class ArrayBatches(keras.utils.PyDataset):
     """Serves (images, labels) batches from in-memory uint8 arrays.
 
     Images become float32 `(x / 255 - mean) / std` per channel; labels stay
-    int64. With `shuffle=True` every epoch visits the examples in a fresh
-    permutation drawn from a generator seeded with `(seed, epoch)`, so runs
+    int64. Batch `index` of epoch `epoch` is a function of `(seed, epoch,
+    index)` alone. With `shuffle=True` epoch `epoch` visits the examples in
+    the permutation drawn by `np.random.default_rng((seed, epoch))`, so runs
     with the same seed see the same batches. With `augment=True` each batch
     gets a random crop of the 4-pixel zero-padded raw image (padding happens
     before normalisation, as in the standard CIFAR pipeline) and a random
     horizontal flip, drawn from a generator seeded with
-    `(seed, epoch, batch index)`, so batches do not depend on the order in
-    which workers fetch them.
+    `(seed, epoch, batch index)`.
 
-    `epoch` starts at 0 and `on_epoch_end` advances it. Keras calls
-    `on_epoch_end` once more than the number of epochs (`fit` resets its
-    iterator before the first epoch), so the first epoch of `fit` uses
-    epoch 1: the count is deterministic but is not `fit`'s epoch number.
-    Keras's `fit(shuffle=True)` (its default) also reorders whole batches
-    with Python's unseeded `random`; pass `shuffle=False` to `fit` to keep
-    the order reproducible, since this class shuffles examples itself.
+    `epoch` starts at 0 and `on_epoch_end` advances it; set it to replay or
+    resume an epoch. `fit` calls `on_epoch_end` once before its first epoch
+    (when it resets its iterator) and once after each epoch, so the first
+    epoch of a `fit` call on a new instance uses epoch 1 (the next `fit` call
+    goes on from there): the count is deterministic but is not `fit`'s
+    epoch number. Keras's `fit(shuffle=True)` (its default) also reorders
+    whole batches with Python's unseeded `random`; pass `shuffle=False` to
+    `fit` to keep the order reproducible, since this class shuffles examples
+    itself.
+
+    With `steps_per_epoch` an epoch is the first `steps_per_epoch` batches
+    of its permutation (the rest of that permutation is never served) and
+    `len()` is at most `steps_per_epoch`. Cap epochs here rather than only
+    through `fit(steps_per_epoch=...)`: given fewer steps than `len()`,
+    Keras carries one pass over the batches across epochs, and a batch it
+    prefetched before `on_epoch_end` would keep the previous epoch.
+
+    `workers > 1` threads prepare the next batches of the epoch ahead of
+    the one asked for; they change the speed only, since prepared batches
+    are keyed by `(epoch, index)`. Keras itself is told to use one worker:
+    its enqueuer keeps the batches it prefetched across `on_epoch_end` (such
+    as those after the batch `fit` draws to build the model) and hands them
+    to the next epoch, which then repeated and skipped examples in an order
+    that depended on the worker count and on timing.
 
     Args:
       x: uint8 images, shape (N, H, W, C).
@@ -82,8 +101,11 @@ class ArrayBatches(keras.utils.PyDataset):
         only scales to [0, 1].
       drop_remainder: drop the last batch when it has fewer than
         `batch_size` examples.
-      **pydataset_kwargs: `workers`, `use_multiprocessing`, `max_queue_size`
-        of `keras.utils.PyDataset`.
+      steps_per_epoch: serve at most this many batches per epoch (None: all).
+      workers: threads preparing batches ahead (1: none, batches are made
+        when asked for).
+      max_queue_size: with `workers > 1`, batches prepared ahead, counting
+        the one asked for.
     """
 
     def __init__(
@@ -96,9 +118,11 @@ class ArrayBatches(keras.utils.PyDataset):
         seed: int = 0,
         normalization: Optional[Normalization] = None,
         drop_remainder: bool = False,
-        **pydataset_kwargs,
+        steps_per_epoch: Optional[int] = None,
+        workers: int = 1,
+        max_queue_size: int = 10,
     ):
-        super().__init__(**pydataset_kwargs)
+        super().__init__(workers=1)  # keep Keras's enqueuer off (see the class docstring)
         if x.ndim != 4 or x.dtype != np.uint8:
             raise ValueError(f"x must be uint8 images of shape (N, H, W, C), got "
                              f"{x.dtype} {x.shape}")
@@ -106,6 +130,8 @@ class ArrayBatches(keras.utils.PyDataset):
             raise ValueError(f"{len(x)} images but {len(y)} labels")
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
+        if steps_per_epoch is not None and steps_per_epoch < 1:
+            raise ValueError(f"steps_per_epoch must be positive or None, got {steps_per_epoch}")
         self.x = x
         self.y = np.asarray(y).reshape(-1).astype(np.int64)
         self.batch_size = batch_size
@@ -113,6 +139,7 @@ class ArrayBatches(keras.utils.PyDataset):
         self.augment = augment
         self.seed = seed
         self.drop_remainder = drop_remainder
+        self.steps_per_epoch = steps_per_epoch
         mean, std = normalization if normalization is not None else (0.0, 1.0)
         mean = _per_channel(mean, x.shape[-1], "normalization mean")
         std = _per_channel(std, x.shape[-1], "normalization std")
@@ -125,37 +152,38 @@ class ArrayBatches(keras.utils.PyDataset):
             np.broadcast_to(1.0 / (255.0 * std), x.shape[1:]), np.float32)
         self._shift = np.ascontiguousarray(np.broadcast_to(mean / std, x.shape[1:]), np.float32)
         self.epoch = 0
-
-    @property
-    def epoch(self) -> int:
-        """The epoch that seeds the current example order and augmentation.
-
-        Set it to resume a run at a given epoch.
-        """
-        return self._epoch
-
-    @epoch.setter
-    def epoch(self, epoch: int):
-        self._epoch = epoch
-        if self.shuffle:
-            self._order = np.random.default_rng((self.seed, epoch)).permutation(len(self.x))
-        else:
-            self._order = np.arange(len(self.x))
+        self._last_order = (None, None)  # (epoch, its example order), replaced as a whole
+        self._pool = None
+        if workers > 1:
+            self._pool = concurrent.futures.ThreadPoolExecutor(
+                workers, thread_name_prefix="ArrayBatches")
+        self._queue_size = max(1, max_queue_size)
+        self._pending = {}  # (epoch, index) -> Future of that batch
+        self._lock = threading.Lock()
 
     def __len__(self) -> int:
         """Number of batches per epoch."""
         if self.drop_remainder:
-            return len(self.x) // self.batch_size
-        return -(-len(self.x) // self.batch_size)
+            batches = len(self.x) // self.batch_size
+        else:
+            batches = -(-len(self.x) // self.batch_size)
+        return min(batches, self.steps_per_epoch) if self.steps_per_epoch else batches
 
     def __getitem__(self, index: int) -> Tuple[np.ndarray, np.ndarray]:
         """Batch `index` of the current epoch: float32 images, int64 labels."""
         if not 0 <= index < len(self):
             raise IndexError(f"batch {index} out of range for {len(self)} batches")
-        indices = self._order[index * self.batch_size:(index + 1) * self.batch_size]
+        epoch = self.epoch
+        if self._pool is None:
+            return self.batch(epoch, index)
+        return self._prefetched(epoch, index)
+
+    def batch(self, epoch: int, index: int) -> Tuple[np.ndarray, np.ndarray]:
+        """Batch `index` of epoch `epoch`, whatever the current epoch."""
+        indices = self._order(epoch)[index * self.batch_size:(index + 1) * self.batch_size]
         images = self.x[indices]
         if self.augment:
-            rng = np.random.default_rng((self.seed, self._epoch, index))
+            rng = np.random.default_rng((self.seed, epoch, index))
             images = random_crop_and_flip(images, rng)
         normalized = images.astype(np.float32)
         normalized *= self._scale
@@ -163,8 +191,35 @@ class ArrayBatches(keras.utils.PyDataset):
         return normalized, self.y[indices]
 
     def on_epoch_end(self):
-        """Advances to the next epoch, reshuffling when `shuffle` is set."""
-        self.epoch = self._epoch + 1
+        """Advances to the next epoch: the next example order and augmentation."""
+        self.epoch += 1
+
+    def _order(self, epoch: int) -> np.ndarray:
+        """The example order of `epoch`; the last one is kept for the next batches."""
+        cached_epoch, order = self._last_order
+        if cached_epoch != epoch:
+            if self.shuffle:
+                order = np.random.default_rng((self.seed, epoch)).permutation(len(self.x))
+            else:
+                order = np.arange(len(self.x))
+            self._last_order = (epoch, order)  # one assignment: safe to read from any thread
+        return order
+
+    def _prefetched(self, epoch: int, index: int) -> Tuple[np.ndarray, np.ndarray]:
+        """`batch(epoch, index)`, with the batches after it started in the worker threads."""
+        with self._lock:
+            pending = {}
+            for key, future in self._pending.items():
+                if key[0] == epoch and key[1] >= index:
+                    pending[key] = future
+                else:  # another epoch's, or behind the reader
+                    future.cancel()
+            for ahead in range(index, min(index + self._queue_size, len(self))):
+                if (epoch, ahead) not in pending:
+                    pending[(epoch, ahead)] = self._pool.submit(self.batch, epoch, ahead)
+            future = pending.pop((epoch, index))
+            self._pending = pending
+        return future.result()
 
 
 def _per_channel(values, num_channels: int, what: str) -> np.ndarray:

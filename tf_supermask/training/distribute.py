@@ -33,13 +33,11 @@ updates as training on one device, up to the order of floating-point sums;
 ``tests/test_multiworker.py`` checks this. The cost is that every worker
 reads and augments the whole data set and discards the rest of each batch.
 
-Two settings break the "same batches everywhere" premise, and the trainer
-refuses the first: ``--data_workers`` above 1 (see ``check_input_workers``).
-The second is a ``--steps_per_epoch`` below the epoch's length: Keras then
-keeps one generator across epochs, and a batch tf.data prefetched before the
-epoch ended comes from the old example order while later ones come from the
-new one, so where one order ends depends on how far each worker's prefetch
-ran. Use whole epochs (the default) when workers must agree exactly.
+Both ways to lose that premise are closed in ``ArrayBatches``: it prepares batches
+ahead in its own threads (``--data_workers``), keyed by epoch and index, so Keras's
+enqueuer, which carried prefetched batches over into the next epoch, is never
+used; and it caps epochs itself (``--steps_per_epoch``), so ``fit`` never carries
+one pass over the batches across epochs.
 
 A last, short batch of an epoch is split as evenly as it goes (pieces may
 differ by one example, or be empty); each replica's loss is its own mean, so
@@ -95,9 +93,6 @@ def make_strategy(name):
         return None
     import tensorflow as tf
 
-    gpus = tf.config.list_logical_devices("GPU")
-    if name == "mirrored" and len(gpus or tf.config.list_logical_devices("CPU")) > 1:
-        return tf.distribute.MirroredStrategy()
     if name == "multi_worker":
         # One per process: a second one would configure collective ops again, which
         # TensorFlow refuses once any op has run (several runs in one process, as in
@@ -106,6 +101,10 @@ def make_strategy(name):
         if _multi_worker_strategy is None:
             _multi_worker_strategy = tf.distribute.MultiWorkerMirroredStrategy()
         return _multi_worker_strategy
+    # Listing devices initializes TensorFlow's runtime: only after multi_worker's turn.
+    gpus = tf.config.list_logical_devices("GPU")
+    if name == "mirrored" and len(gpus or tf.config.list_logical_devices("CPU")) > 1:
+        return tf.distribute.MirroredStrategy()
     # "mirrored" over one device (one GPU, or one CPU) is one_device: the same computation
     # without the cross-device machinery (measured 7.4 s instead of 11 s per fc epoch on CPU).
     return tf.distribute.OneDeviceStrategy(gpus[0].name if gpus else "/cpu:0")
@@ -145,29 +144,6 @@ def is_chief(strategy):
         return True
     return (resolver.task_type == "worker" and resolver.task_id == 0
             and "chief" not in resolver.cluster_spec().jobs)
-
-
-def check_input_workers(strategy, data_workers):
-    """Refuses ``--data_workers`` above 1 in a multi-worker run.
-
-    With more than one worker thread, Keras feeds a PyDataset through its
-    OrderedEnqueuer, whose queue is filled ahead of the steps. The iterator
-    Keras opens before training to build the model takes one batch and leaves
-    the rest of that queue behind, and the first training epoch starts with
-    them: measured on one device (fc, 10 batches an epoch), epoch 1 trained on
-    7 batches left from the example order of epoch 0 and then 3 of its own,
-    and every later epoch was shifted the same way. How many batches are left
-    over depends on how far the queue had filled, so two workers can disagree;
-    with a capped --steps_per_epoch the run also failed once ("Iterator
-    called after `on_epoch_end`"). Workers that see different batches train
-    on an inconsistent global batch without any error, so this is refused.
-
-    Raises:
-      ValueError: `strategy` is multi-worker and `data_workers` > 1.
-    """
-    if data_workers > 1 and is_multi_worker(strategy):
-        raise ValueError(f"--data_workers={data_workers}: a multi-worker run needs "
-                         "--data_workers=1 so that every worker sees the same batches")
 
 
 def task_run_dir(strategy, run_dir):

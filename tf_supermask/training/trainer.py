@@ -14,8 +14,8 @@ from tf_supermask.training import run_dir as run_dir_lib
 from tf_supermask.training.callbacks import (WeightsRemainingLogger, tensorboard_available,
                                              tensorflow_available)
 from tf_supermask.training.config import RUN_CONTROL_FIELDS, TrainConfig
-from tf_supermask.training.distribute import (adapt_model, check_input_workers, make_strategy,
-                                              strategy_scope, task_run_dir)
+from tf_supermask.training.distribute import (adapt_model, make_strategy, strategy_scope,
+                                              task_run_dir)
 from tf_supermask.training.optim import build_optimizer
 
 INITIAL_WEIGHTS = os.path.join("checkpoints", "initial.weights.h5")
@@ -38,10 +38,16 @@ def load_data(config):
 
 
 def make_batches(config, dataset, normalization):
-    """(train batches, per-epoch evaluation batches, test batches)."""
+    """(train batches, per-epoch evaluation batches, test batches).
+
+    The train batches hold at most ``config.steps_per_epoch`` batches per epoch
+    (0: all), the first ones of that epoch's example order.
+    """
     train = data_lib.ArrayBatches(dataset.x_train, dataset.y_train, config.batch_size, shuffle=True,
                                   augment=config.augment, seed=config.seed,
-                                  normalization=normalization, workers=config.data_workers)
+                                  normalization=normalization,
+                                  steps_per_epoch=config.steps_per_epoch or None,
+                                  workers=config.data_workers)
     test = data_lib.ArrayBatches(dataset.x_test, dataset.y_test, config.batch_size,
                                  normalization=normalization)
     if len(dataset.x_val):
@@ -120,6 +126,10 @@ def _callbacks(run_dir, extra):
         callbacks.append(keras.callbacks.TensorBoard(os.path.join(run_dir, "tensorboard"),
                                                      histogram_freq=1))
         callbacks.append(MaskImageLogger(os.path.join(run_dir, "tensorboard")))
+    else:  # no TensorFlow (JAX on a GPU machine): the epoch scalars, written by hand
+        from tf_supermask.training.events import EpochScalars
+
+        callbacks.append(EpochScalars(os.path.join(run_dir, "tensorboard")))
     return callbacks + list(extra)
 
 
@@ -162,7 +172,6 @@ def train(config: TrainConfig, callbacks=(), prepare=None):
     # TensorFlow op runs (TFDS loading runs some). A non-chief worker of a multi-worker
     # run writes its copy of the run elsewhere.
     strategy = make_strategy(config.strategy)
-    check_input_workers(strategy, config.data_workers)
     chief_run_dir, run_dir = run_dir, task_run_dir(strategy, run_dir)
     dataset, normalization = load_data(config)  # fails before the run directory is touched
     state = run_dir_lib.prepare(run_dir, to_flagfile(config), config.overwrite,
@@ -172,9 +181,7 @@ def train(config: TrainConfig, callbacks=(), prepare=None):
         keras.mixed_precision.set_global_policy(
             "mixed_float16" if keras.backend.backend() == "tensorflow" else "mixed_bfloat16")
     train_batches, validation_batches, test_batches = make_batches(config, dataset, normalization)
-    steps_per_epoch = len(train_batches)
-    if config.steps_per_epoch:
-        steps_per_epoch = min(steps_per_epoch, config.steps_per_epoch)
+    steps_per_epoch = len(train_batches)  # at most config.steps_per_epoch
     model = create_model(config, dataset, steps_per_epoch, strategy)
     extra_results = {}
     if config.init == "patches":  # PatchesInit's data step, before the rewind point is saved
