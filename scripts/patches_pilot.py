@@ -2,6 +2,10 @@
 
     nice -n 10 python scripts/patches_pilot.py --data_dir=/tmp/data \
         --output=runs/results/patches_cpu_pilot.json
+    # The same reduced setting over 3 seeds: PatchesInit (its default, first block patched)
+    # against Kaiming normal and signed Kaiming constant on conv2, conv4, conv6:
+    nice -n 10 python scripts/patches_pilot.py --data_dir=/tmp/data --variant_set=seeds \
+        --seeds=0,1,2 --output=runs/results/patches_cpu_seeds.json
 
 Every run is an edge-popup top-k supermask (k = 0.5, SGD lr 0.1 cosine, momentum
 0.9, weight decay 1e-4, batch 128) on a 10,000-image CIFAR-10 subset, a 1,000-image
@@ -24,6 +28,10 @@ flags.DEFINE_string("run_root", "runs/patches_pilot", "Parent of the run directo
 flags.DEFINE_integer("epochs", 3, "Epochs per run.")
 flags.DEFINE_float("width", 0.25, "Width multiplier.")
 flags.DEFINE_list("only", [], "Run only these variant names.")
+flags.DEFINE_enum("variant_set", "pilot", ["pilot", "seeds"], "pilot: the remedies on conv2 and "
+                  "conv6 (seed 0); seeds: PatchesInit's default against the two random inits "
+                  "on conv2, conv4 and conv6, for every --seeds.")
+flags.DEFINE_list("seeds", ["0"], "Seeds (--variant_set=seeds).")
 FLAGS = flags.FLAGS
 
 # (name, model, TrainConfig overrides). patches_layers is written out where it was
@@ -47,6 +55,10 @@ VARIANTS = [
                                                  patches_zca=True)),
 ]
 
+SEED_VARIANTS = [(f"{model}/{init}", model, dict(init=init))
+                 for model in ("conv2", "conv4", "conv6")
+                 for init in ("kaiming_normal", "signed_kaiming_constant", "patches")]
+
 
 def main(argv):
     del argv
@@ -55,19 +67,24 @@ def main(argv):
         with open(FLAGS.output) as handle:
             records = json.load(handle)["runs"]
     done = {record["name"] for record in records}
-    for name, model, overrides in VARIANTS:
+    if FLAGS.variant_set == "pilot":
+        runs = [(name, model, overrides, 0) for name, model, overrides in VARIANTS]
+    else:  # every model and init of a seed before the next seed
+        runs = [(f"{name}/seed{seed}", model, overrides, int(seed))
+                for seed in FLAGS.seeds for name, model, overrides in SEED_VARIANTS]
+    for name, model, overrides, seed in runs:
         if name in done or (FLAGS.only and name not in FLAGS.only):
             continue
         config = TrainConfig(model=model, width=FLAGS.width, mask="topk", k=0.5,
                              dataset="cifar10", data_dir=FLAGS.data_dir, train_size=10000,
                              validation_size=1000, epochs=FLAGS.epochs, batch_size=128,
                              optimizer="sgd", lr=0.1, lr_schedule="cosine", momentum=0.9,
-                             weight_decay=1e-4, seed=0, verbose=0, overwrite=True,
+                             weight_decay=1e-4, seed=seed, verbose=0, overwrite=True,
                              run_dir=os.path.join(FLAGS.run_root, name.replace("/", "_")),
                              **overrides)
         start = time.time()
         results = train(config)
-        record = {"name": name, "model": model, "overrides": overrides,
+        record = {"name": name, "model": model, "overrides": overrides, "seed": seed,
                   "test_accuracy": results["test_accuracy"],
                   "val_accuracy": results["history"].get("val_accuracy"),
                   "train_loss": results["history"].get("loss"),
