@@ -160,3 +160,16 @@ def test_multi_worker_needs_the_tensorflow_backend(tmp_path):
                             env=env, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "refused: --strategy=multi_worker needs the TensorFlow backend" in result.stdout
+
+
+@pytest.mark.parametrize("binary", ["lottery", "finetune", "prune-init"])
+def test_experiment_binaries_refuse_multi_worker(tmp_path, binary):
+    from tf_supermask.finetune import FinetuneConfig
+    from tf_supermask.pruning.init_run import PruneInitConfig
+    from tf_supermask.pruning.lottery import LotteryConfig
+
+    config_class = {"lottery": LotteryConfig, "finetune": FinetuneConfig,
+                    "prune-init": PruneInitConfig}[binary]
+    with pytest.raises(ValueError, match=f"tf-supermask-train only; tf-supermask-{binary}"):
+        config_class(strategy="multi_worker", run_dir=str(tmp_path / "run"))
+    assert not (tmp_path / "run").exists()

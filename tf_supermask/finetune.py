@@ -34,6 +34,7 @@ from tf_supermask.pruning.gradual import (SCHEDULES, SCOPES, GradualPruning,
                                           prune_by_magnitude, pruned_fraction, pruning_schedule)
 from tf_supermask.pruning.select import MASK_FILE, load_masks, save_masks
 from tf_supermask.training import run_dir as run_dir_lib
+from tf_supermask.training.distribute import single_worker_only
 from tf_supermask.training.config import RUN_CONTROL_FIELDS, TrainConfig
 
 PRUNE_METHODS = ("oneshot", "iterative", "gradual")
@@ -95,6 +96,7 @@ class FinetuneConfig(TrainConfig):
 
     def __post_init__(self):
         super().__post_init__()
+        single_worker_only(self.strategy, "tf-supermask-finetune")
         if self.mask not in ("dense", "fixed"):
             raise ValueError(f"tf-supermask-finetune prunes trained weights; --mask must be "
                              f"dense or fixed, got {self.mask!r}")

@@ -19,6 +19,7 @@ from tf_supermask.pruning.init_methods import (PRUNE_METHODS, PruneOptions, comp
                                                make_callback, sparsity_per_layer)
 from tf_supermask.pruning.select import MASK_FILE, save_masks
 from tf_supermask.training import run_dir as run_dir_lib
+from tf_supermask.training.distribute import single_worker_only
 from tf_supermask.training.config import TrainConfig
 
 
@@ -43,6 +44,7 @@ class PruneInitConfig(PruneOptions, TrainConfig):
             raise ValueError("pruning at initialization trains the weights under the mask; "
                              "--train_weights must be true or auto")
         TrainConfig.__post_init__(self)
+        single_worker_only(self.strategy, "tf-supermask-prune-init")
         self.validate_options()
         method = PRUNE_METHODS.get(self.method)
         if (method.during_training and not self.mask_file

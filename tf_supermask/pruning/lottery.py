@@ -31,6 +31,7 @@ from tf_supermask.pruning.criteria import CRITERIA, criterion_scores
 from tf_supermask.pruning.select import (MASK_FILE, collapsed_layers, load_masks, save_masks,
                                          shuffle_masks, top_masks)
 from tf_supermask.training import run_dir as run_dir_lib
+from tf_supermask.training.distribute import single_worker_only
 from tf_supermask.training.config import RUN_CONTROL_FIELDS, TrainConfig
 
 INITIAL = os.path.join("checkpoints", "initial.weights.h5")
@@ -76,6 +77,7 @@ class LotteryConfig(TrainConfig):
 
     def __post_init__(self):
         super().__post_init__()
+        single_worker_only(self.strategy, "tf-supermask-lottery")
         if self.mask not in ("dense", "fixed"):
             raise ValueError(f"tf-supermask-lottery trains weights under fixed masks; --mask "
                              f"must be dense or fixed, got {self.mask!r}")
