@@ -6,7 +6,9 @@
 Writes <output>.csv (every point), <output>.md (mean and min/max over seeds per
 variant and level) and <output>.png (test accuracy against percent of weights
 remaining, log scale), plus <output>_untrained.png when lottery experiments
-evaluated their masks on the untrained network.
+evaluated their masks on the untrained network. Comparisons
+(tf-supermask-finetune --compare) give one line per arm, and their
+initial-vs-trained weight correlations are tabulated in <output>.md.
 """
 
 import os
