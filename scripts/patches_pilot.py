@@ -32,6 +32,8 @@ flags.DEFINE_enum("variant_set", "pilot", ["pilot", "seeds"], "pilot: the remedi
                   "conv6 (seed 0); seeds: PatchesInit's default against the two random inits "
                   "on conv2, conv4 and conv6, for every --seeds.")
 flags.DEFINE_list("seeds", ["0"], "Seeds (--variant_set=seeds).")
+flags.DEFINE_bool("summarize_only", False, "Train nothing: write <output>.md and .png (mean and "
+                  "min/max over seeds per model and init) from the records in --output.")
 FLAGS = flags.FLAGS
 
 # (name, model, TrainConfig overrides). patches_layers is written out where it was
@@ -60,6 +62,50 @@ SEED_VARIANTS = [(f"{model}/{init}", model, dict(init=init))
                  for init in ("kaiming_normal", "signed_kaiming_constant", "patches")]
 
 
+def summarize(records, prefix):
+    """<prefix>.md (test accuracy per model and init, mean [min, max] over seeds, and
+    PatchesInit's gain over the better random init) and <prefix>.png (grouped bars)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    table = {}
+    for record in records:
+        model, init = record["name"].split("/")[:2]
+        table.setdefault(model, {}).setdefault(init, []).append(100 * record["test_accuracy"])
+    inits = ["kaiming_normal", "signed_kaiming_constant", "patches"]
+    lines = ["| model | " + " | ".join(inits) + " | patches - best random (mean) |",
+             "| --- | --- | --- | --- | --- |"]
+    for model, by_init in table.items():
+        cells = [f"{np.mean(v):.1f} [{min(v):.1f}, {max(v):.1f}] (n={len(v)})" if v else "-"
+                 for v in (by_init.get(init, []) for init in inits)]
+        means = {init: np.mean(by_init[init]) for init in inits if by_init.get(init)}
+        gain = (f"{means['patches'] - max(means['kaiming_normal'], means['signed_kaiming_constant']):+.1f}"
+                if len(means) == 3 else "-")
+        lines.append(f"| {model} | " + " | ".join(cells) + f" | {gain} |")
+    with open(prefix + ".md", "w") as handle:
+        handle.write("\n".join(lines) + "\n")
+    figure, axes = plt.subplots(figsize=(7, 4))
+    for offset, init in enumerate(inits):
+        x = [i + (offset - 1) * 0.27 for i in range(len(table))]
+        values = [table[model].get(init, [np.nan]) for model in table]
+        means = [np.mean(v) for v in values]
+        low = [m - min(v) for m, v in zip(means, values)]
+        high = [max(v) - m for m, v in zip(means, values)]
+        axes.bar(x, means, 0.27, yerr=[low, high], capsize=3, label=init)
+    axes.set_xticks(range(len(table)))
+    axes.set_xticklabels(list(table))
+    axes.set_ylabel("test accuracy (%)")
+    axes.set_title("top-k supermask (k=0.5), CIFAR-10, reduced CPU setting")
+    axes.legend(fontsize=8)
+    axes.grid(True, axis="y", alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(prefix + ".png", dpi=120)
+    plt.close(figure)
+
+
 def main(argv):
     del argv
     records = []
@@ -67,6 +113,9 @@ def main(argv):
         with open(FLAGS.output) as handle:
             records = json.load(handle)["runs"]
     done = {record["name"] for record in records}
+    if FLAGS.summarize_only:
+        summarize(records, os.path.splitext(FLAGS.output)[0])
+        return
     if FLAGS.variant_set == "pilot":
         runs = [(name, model, overrides, 0) for name, model, overrides in VARIANTS]
     else:  # every model and init of a seed before the next seed
