@@ -39,6 +39,7 @@ import numpy as np
 from keras import ops
 
 from tf_supermask.backend import gradient_function, value_and_grads
+from tf_supermask.config import option
 from tf_supermask.layers import get_masks, masked_layers, set_masks
 from tf_supermask.pruning.select import (collapsed_layers, counts_for_fraction, load_masks,
                                          shuffle_masks, top_masks)
@@ -72,68 +73,63 @@ class PruneOptions:
     library speaks of ``k``, the fraction kept: k = 1 - sparsity).
     """
 
-    method: str = dataclasses.field(default="random", metadata={
-        "help": "Pruning-at-initialization method: random, magnitude, snip, grasp, synflow, "
-                "kstarts, dissipating, kstarts_dissipating.",
-        "choices": ("random", "magnitude", "snip", "grasp", "synflow", "kstarts", "dissipating",
-                    "kstarts_dissipating")})
-    sparsity: float = dataclasses.field(default=0.9, metadata={
-        "help": "Fraction of the masked weights PRUNED, in [0, 1) (weights remaining = "
-                "1 - sparsity)."})
-    scope: str = dataclasses.field(default="auto", metadata={
-        "help": "layer: prune the fraction --sparsity of every masked layer; global: rank all "
-                "masked weights together; auto: global for magnitude, snip, grasp and synflow "
-                "(as their papers), layer for random, kstarts, dissipating and "
-                "kstarts_dissipating.", "choices": SCOPE_CHOICES})
-    shuffle: bool = dataclasses.field(default=False, metadata={
-        "help": "Shuffle ablation (Frankle et al., 2021): move the kept entries of the method's "
-                "(final) mask to random positions within each layer, then train from the "
-                "initial weights under that mask."})
-    mask_file: str = dataclasses.field(default="", metadata={
-        "help": "Take the mask from this .npz (keyed by kernel path, e.g. another run's "
-                "mask.npz) instead of running --method; --shuffle still applies."})
-    collapse: str = dataclasses.field(default="warn", metadata={
-        "help": "What to do when a mask keeps no weight of a layer: warn (and record it in "
-                "results.json) or error.", "choices": COLLAPSE_POLICIES})
-    snip_batches: int = dataclasses.field(default=1, metadata={
-        "help": "snip: training batches whose mean gradient gives |g * w|."})
-    grasp_batches: int = dataclasses.field(default=1, metadata={
-        "help": "grasp: training batches for the gradient g and the product H g."})
-    grasp_temperature: float = dataclasses.field(default=200.0, metadata={
-        "help": "grasp: logits are divided by this temperature (200 in Wang et al.'s code)."})
-    synflow_iterations: int = dataclasses.field(default=100, metadata={
-        "help": "synflow: pruning iterations; density after iteration i is "
-                "(1 - sparsity) ** (i / iterations)."})
-    kstarts_k: int = dataclasses.field(default=5, metadata={
-        "help": "kstarts: number of random candidate masks."})
-    kstarts_epochs: int = dataclasses.field(default=1, metadata={
-        "help": "kstarts: epochs each candidate trains before its fitness is measured."})
-    kstarts_steps: int = dataclasses.field(default=0, metadata={
-        "help": "kstarts: cap on training steps per candidate epoch (0: whole epochs)."})
-    kstarts_fitness: str = dataclasses.field(default="both", metadata={
-        "help": "kstarts: fitness of a candidate: magnitude (of its kept weights after the "
-                "brief training), gradient (|gradient| of its kept weights accumulated over "
-                "an epoch of batches), or both (the mean of the two, each relative to the "
-                "candidates' average).", "choices": FITNESSES})
-    kstarts_gradient_batches: int = dataclasses.field(default=0, metadata={
-        "help": "kstarts: batches over which gradient magnitudes accumulate (0: one epoch)."})
-    kstarts_rewind: bool = dataclasses.field(default=True, metadata={
-        "help": "kstarts: train the winning mask from the initial weights (true) or go on "
-                "from the winner's briefly trained weights and optimizer state (false)."})
-    dissipating_epochs: int = dataclasses.field(default=2, metadata={
-        "help": "dissipating: removal happens at the end of each of the first this many "
-                "epochs; the target sparsity is reached at the end of the last of them."})
-    dissipating_fraction: float = dataclasses.field(default=0.1, metadata={
-        "help": "dissipating: a weight is removable while |w - w_init| <= fraction * "
-                "|w_init|."})
-    dissipating_schedule: str = dataclasses.field(default="geometric", metadata={
-        "help": "dissipating: kept count allowed after removal epoch e of E, from n0 kept to "
-                "the target K: geometric n0 * (K / n0) ** (e / E), linear n0 - (n0 - K) * e "
-                "/ E, or greedy K (remove every removable weight at once).",
-        "choices": SCHEDULES})
-    kstarts_dissipating_split: float = dataclasses.field(default=0.5, metadata={
-        "help": "kstarts_dissipating: share of the pruning, in log density, done by K-starts: "
-                "K-starts keeps (1 - sparsity) ** split, dissipating takes it to the target."})
+    method: str = option("random", "Pruning-at-initialization method: random, magnitude, snip, "
+                         "grasp, synflow, kstarts, dissipating, kstarts_dissipating.",
+                         ("random", "magnitude", "snip", "grasp", "synflow", "kstarts",
+                          "dissipating", "kstarts_dissipating"))
+    sparsity: float = option(0.9, "Fraction of the masked weights PRUNED, in [0, 1) (weights "
+                                  "remaining = 1 - sparsity).")
+    scope: str = option("auto", "layer: prune the fraction --sparsity of every masked layer; "
+                                "global: rank all masked weights together; auto: global for "
+                                "magnitude, snip, grasp and synflow (as their papers), layer for "
+                                "random, kstarts, dissipating and kstarts_dissipating.",
+                                SCOPE_CHOICES)
+    shuffle: bool = option(False, "Shuffle ablation (Frankle et al., 2021): move the kept "
+                                  "entries of the method's (final) mask to random positions "
+                                  "within each layer, then train from the initial weights under "
+                                  "that mask.")
+    mask_file: str = option("", "Take the mask from this .npz (keyed by kernel path, e.g. "
+                                "another run's mask.npz) instead of running --method; --shuffle "
+                                "still applies.")
+    collapse: str = option("warn", "What to do when a mask keeps no weight of a layer: warn (and "
+                                   "record it in results.json) or error.", COLLAPSE_POLICIES)
+    snip_batches: int = option(1, "snip: training batches whose mean gradient gives |g * w|.")
+    grasp_batches: int = option(1, "grasp: training batches for the gradient g and the product H "
+                                   "g.")
+    grasp_temperature: float = option(200.0, "grasp: logits are divided by this temperature (200 "
+                                             "in Wang et al.'s code).")
+    synflow_iterations: int = option(100, "synflow: pruning iterations; density after iteration "
+                                          "i is (1 - sparsity) ** (i / iterations).")
+    kstarts_k: int = option(5, "kstarts: number of random candidate masks.")
+    kstarts_epochs: int = option(1, "kstarts: epochs each candidate trains before its fitness is "
+                                    "measured.")
+    kstarts_steps: int = option(0, "kstarts: cap on training steps per candidate epoch (0: whole "
+                                   "epochs).")
+    kstarts_fitness: str = option("both", "kstarts: fitness of a candidate: magnitude (of its "
+                                          "kept weights after the brief training), gradient "
+                                          "(|gradient| of its kept weights accumulated over an "
+                                          "epoch of batches), or both (the mean of the two, each "
+                                          "relative to the candidates' average).", FITNESSES)
+    kstarts_gradient_batches: int = option(0, "kstarts: batches over which gradient magnitudes "
+                                              "accumulate (0: one epoch).")
+    kstarts_rewind: bool = option(True, "kstarts: train the winning mask from the initial "
+                                        "weights (true) or go on from the winner's briefly "
+                                        "trained weights and optimizer state (false).")
+    dissipating_epochs: int = option(2, "dissipating: removal happens at the end of each of the "
+                                        "first this many epochs; the target sparsity is reached "
+                                        "at the end of the last of them.")
+    dissipating_fraction: float = option(0.1, "dissipating: a weight is removable while |w - "
+                                              "w_init| <= fraction * |w_init|.")
+    dissipating_schedule: str = option("geometric", "dissipating: kept count allowed after "
+                                                    "removal epoch e of E, from n0 kept to the "
+                                                    "target K: geometric n0 * (K / n0) ** (e / "
+                                                    "E), linear n0 - (n0 - K) * e / E, or greedy "
+                                                    "K (remove every removable weight at once).",
+                                                    SCHEDULES)
+    kstarts_dissipating_split: float = option(0.5, "kstarts_dissipating: share of the pruning, "
+                                                   "in log density, done by K-starts: K-starts "
+                                                   "keeps (1 - sparsity) ** split, dissipating "
+                                                   "takes it to the target.")
 
     def validate_options(self):
         """Raises a ValueError naming the flag for an unusable setting."""
