@@ -101,26 +101,27 @@ def _dense_values(dense_run, weights_path, dataset):
 
 
 class _ArmStart:
-    """train()'s prepare hook of one arm: the magnitude mask of the trained weights at
-    `sparsity`, over the weights the arm starts from (`start_path`; None: the trained ones)."""
+    """train()'s prepare hook of one arm: the magnitude mask of the dense run's trained
+    weights at `sparsity`, over the weights the arm starts from (`start`: {variable path:
+    value}, with `start_path` the file they came from; None: the trained weights)."""
 
-    def __init__(self, config, dense_run, arm, sparsity, start_path):
-        self.scope = config.prune_scope
-        self.dense_run = dense_run
+    def __init__(self, scope, arm, sparsity, trained, start=None, start_path=None):
+        self.scope = scope
         self.arm = arm
         self.sparsity = sparsity
+        self.trained = trained
+        self.start = start
         self.start_path = start_path
 
     def __call__(self, model, train_batches, dataset):
-        from tf_supermask.finetune import assign_trained, load_trained, trained_values
+        from tf_supermask.finetune import assign_trained
         from tf_supermask.layers import set_masks
         from tf_supermask.pruning.gradual import prune_by_magnitude, pruned_fraction
 
-        source = f"the dense run {self.dense_run}"
-        assign_trained(model, trained_values(load_trained(self.dense_run)), source)
+        assign_trained(model, self.trained, "the dense run")
         masks = prune_by_magnitude(model, self.sparsity, self.scope)
-        if self.start_path is not None:
-            assign_trained(model, _dense_values(self.dense_run, self.start_path, dataset), source)
+        if self.start is not None:
+            assign_trained(model, self.start, f"the dense run's {self.start_path}")
             set_masks(model, masks)
         return {"comparison": {"arm": self.arm, "sparsity": self.sparsity,
                                "started_from": self.start_path or "trained weights",
@@ -141,13 +142,13 @@ def run_comparison(config, callbacks=()):
     from tf_supermask.pruning.lottery import SaveWeightsAtStep
     from tf_supermask.training import run_dir as run_dir_lib
     from tf_supermask.training.config import RUN_CONTROL_FIELDS
-    from tf_supermask.training.trainer import INITIAL_WEIGHTS, load_data, train
+    from tf_supermask.training.trainer import (INITIAL_WEIGHTS, load_data, steps_per_epoch,
+                                               train)
 
     arms, sparsities = parse_arms(config.compare), parse_sparsities(config.sparsities)
     experiment = config.run_dir or default_finetune_dir(config).replace("finetune_", "compare_", 1)
     dataset, _ = load_data(config)  # fails before anything is written
-    steps = -(-len(dataset.x_train) // config.batch_size)
-    steps = min(steps, config.steps_per_epoch) if config.steps_per_epoch else steps
+    steps = steps_per_epoch(config, dataset)
     dense_run = config.dense_run
     if dense_run:
         dense_results = check_dense_run(config, dense_run)
@@ -167,14 +168,20 @@ def run_comparison(config, callbacks=()):
                 rewind_weights_path(os.path.join(experiment, DENSE_DIR), config.rewind_epoch),
                 config.rewind_epoch * steps))
         dense_run, dense_results = train_dense(config, experiment, extra)
-    starts = {"lottery": os.path.join(dense_run, INITIAL_WEIGHTS),
-              "rewind": rewind_weights_path(dense_run, config.rewind_epoch), "finetune": None}
+    # The dense run's weights, each loaded once: trained, initial, after --rewind_epoch.
+    trained_model = load_trained(dense_run)
+    trained = trained_values(trained_model)
+    start_paths = {"lottery": os.path.join(dense_run, INITIAL_WEIGHTS),
+                   "rewind": rewind_weights_path(dense_run, config.rewind_epoch)}
+    starts = {arm: _dense_values(dense_run, path, dataset) for arm, path in start_paths.items()
+              if arm in arms or arm == "lottery"}  # the initial weights: also the correlation
 
     points = []
     for sparsity in sparsities:
         for arm in arms:
             run_dir = os.path.join(experiment, f"sparsity_{sparsity:g}", arm)
-            start = _ArmStart(config, dense_run, arm, sparsity, starts[arm])
+            start = _ArmStart(config.prune_scope, arm, sparsity, trained, starts.get(arm),
+                              start_paths.get(arm))
             results, _ = _finetune_run(
                 run_dir, lambda: train(finetune_train_config(config, run_dir),
                                        callbacks=callbacks, prepare=start))
@@ -188,10 +195,8 @@ def run_comparison(config, callbacks=()):
                       f"{results['test_accuracy']:.4f}")
 
     # Correlation of each kernel between initialization and the end of pretraining.
-    trained = trained_values(load_trained(dense_run))
-    initial = _dense_values(dense_run, starts["lottery"], dataset)
-    paths = [layer.kernel_variable.path for layer in masked_layers(load_trained(dense_run))]
-    correlation = weight_correlation({path: initial[path] for path in paths},
+    paths = [layer.kernel_variable.path for layer in masked_layers(trained_model)]
+    correlation = weight_correlation({path: starts["lottery"][path] for path in paths},
                                      {path: trained[path] for path in paths},
                                      [1.0 - s for s in sparsities])
     summary = {"experiment": "comparison", "arms": points, "dense_run": dense_run,

@@ -338,11 +338,9 @@ def _finetune_run(run_dir, launch, **extra):
 
 
 def _steps_per_epoch(config):
-    from tf_supermask.training.trainer import load_data
+    from tf_supermask.training.trainer import load_data, steps_per_epoch
 
-    dataset, _ = load_data(config)
-    steps = -(-len(dataset.x_train) // config.batch_size)
-    return min(steps, config.steps_per_epoch) if config.steps_per_epoch else steps
+    return steps_per_epoch(config, load_data(config)[0])
 
 
 def run_finetune(config: FinetuneConfig, callbacks=()):

@@ -311,8 +311,7 @@ def run_lottery(config: LotteryConfig, callbacks=()):
 
     experiment = config.run_dir or default_experiment_dir(config)
     dataset, normalization = trainer.load_data(config)  # fails before anything is written
-    steps = -(-len(dataset.x_train) // config.batch_size)
-    steps = min(steps, config.steps_per_epoch) if config.steps_per_epoch else steps
+    steps = trainer.steps_per_epoch(config, dataset)
     unit, point = config.rewind_point()
     rewind_step = point * steps if unit == "epoch" else point
     if rewind_step > config.epochs * steps:

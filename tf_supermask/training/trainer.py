@@ -37,6 +37,13 @@ def load_data(config):
     return dataset, data_lib.normalization_stats(dataset)
 
 
+def steps_per_epoch(config, dataset):
+    """Optimizer steps per epoch: the training set's batches, at most --steps_per_epoch
+    (what ``len()`` of the training batches of ``make_batches`` gives)."""
+    steps = -(-len(dataset.x_train) // config.batch_size)
+    return min(steps, config.steps_per_epoch) if config.steps_per_epoch else steps
+
+
 def make_batches(config, dataset, normalization):
     """(train batches, per-epoch evaluation batches, test batches).
 
