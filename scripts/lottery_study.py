@@ -19,8 +19,8 @@ import json
 import os
 import time
 
-from tf_supermask.pruning.lottery import LotteryConfig, run_lottery
-from tf_supermask.report import write_report
+from tf_supermask.experiments.lottery import LotteryConfig, run_lottery
+from tf_supermask.tools.report import write_report
 
 VARIANTS = {
     # name: (LotteryConfig overrides, name of the experiment whose masks it reuses)

@@ -2,7 +2,7 @@
 """Pruning-at-initialization study: every method and its shuffled twin, in one process.
 
 For each seed, sparsity and method the study trains one network under the
-method's mask (``tf_supermask.pruning.prune_init``, a standard run directory
+method's mask (``tf_supermask.experiments.prune_init``, a standard run directory
 with mask.npz), then its shuffled twin: the same run's final mask shuffled
 within each layer (``--mask_file=<that run>/mask.npz --shuffle``), trained from
 the same initial weights for the same epochs. It writes
@@ -74,7 +74,7 @@ def parse_args(argv):
 
 
 def run_config(args, method, sparsity, seed, shuffled, run_dir, mask_file=""):
-    from tf_supermask.pruning import PruneInitConfig
+    from tf_supermask.experiments.prune_init import PruneInitConfig
 
     return PruneInitConfig(
         model=args.model, dataset=args.dataset, data_dir=args.data_dir, init=args.init,
@@ -93,7 +93,7 @@ def one_run(args, method, sparsity, seed, shuffled, mask_file=""):
     """Runs (or reads back) one run; returns its record."""
     import warnings
 
-    from tf_supermask.pruning import prune_init
+    from tf_supermask.experiments.prune_init import prune_init
     from tf_supermask.training.run_dir import read_json
 
     name = f"{method}{'_shuffled' if shuffled else ''}_s{sparsity:g}_seed{seed}"

@@ -10,8 +10,8 @@ import sys
 
 import pytest
 
-from tf_supermask import batch
-from tf_supermask.batch import Job, JobListError, Outcome
+from tf_supermask.tools import batch
+from tf_supermask.tools.batch import Job, JobListError, Outcome
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from tf_supermask.benchmark import run_benchmark
+from tf_supermask.tools.benchmark import run_benchmark
 
 
 def test_benchmark_records_every_model_and_mode():

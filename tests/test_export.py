@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from tf_supermask import export as export_lib
+from tf_supermask.tools.export_run import export_run
 from tf_supermask.export import CompactFormatError, load_compact, save_compact
 from tf_supermask.layers import get_masks, masked_layers
 from tf_supermask.layers.initializers import INITIALIZERS, VarianceScaled
@@ -383,16 +384,16 @@ def test_export_binary_writes_a_verified_compact_file(finished_run, tmp_path):
     np.testing.assert_array_equal(_predict(load_compact(path), x), _predict(model, x))
     # Existing outputs are refused (the binary turns this into a usage error).
     with pytest.raises(FileExistsError, match="already exist"):
-        export_lib.export_run(str(finished_run), ["compact"], output=str(tmp_path))
+        export_run(str(finished_run), ["compact"], output=str(tmp_path))
 
 
 def test_export_run_refuses_a_folder_that_is_not_a_run(tmp_path):
     with pytest.raises(FileNotFoundError, match="has not finished"):
-        export_lib.export_run(str(tmp_path))
+        export_run(str(tmp_path))
 
 
 def test_plot_mask_sparsity_writes_a_png(finished_run, tmp_path):
-    from tf_supermask.inspect import layer_sparsity, plot_mask_sparsity
+    from tf_supermask.tools.inspect import layer_sparsity, plot_mask_sparsity
 
     rows = layer_sparsity(str(finished_run))
     assert [row["path"] for row in rows] == list(

@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 from absl import flags
 
-from tf_supermask.comparison import parse_arms, top_overlap, weight_correlation
+from tf_supermask.experiments.comparison import (parse_arms, run_comparison, top_overlap,
+                                                 weight_correlation)
 from tf_supermask.config import define_flags, from_flags
-from tf_supermask.finetune import (FinetuneConfig, finetune_train_config, load_masks,
+from tf_supermask.experiments.finetune import (FinetuneConfig, finetune_train_config, load_masks,
                                    load_trained, run_finetune)
 from tf_supermask.layers import get_masks, masked_layers
 from tf_supermask.models import MaskOptions, build_model
@@ -439,7 +440,7 @@ def comparison(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("compare") / "experiment"
     config = tiny(run_dir, epochs=2, finetune_epochs=1, compare="lottery,rewind,finetune",
                   sparsities="0.5,0.8", rewind_epoch=1)
-    return config, run_finetune(config)
+    return config, run_comparison(config)
 
 
 def _arm_start(config, run_dir):
@@ -497,7 +498,7 @@ def test_comparison_records_weight_correlation(comparison):
 
 
 def test_comparison_report_draws_one_line_per_arm(comparison, tmp_path):
-    from tf_supermask.report import collect, write_report
+    from tf_supermask.tools.report import collect, write_report
 
     experiment = comparison[1]["run_dir"]
     points = collect([experiment])
@@ -533,7 +534,7 @@ def test_comparison_bad_flags(tmp_path, changes, message):
 def test_comparison_rewind_needs_the_epoch_weights(dense_run, tmp_path):
     config = tiny(tmp_path / "run", compare="lottery,rewind", dense_run=dense_run, epochs=2)
     with pytest.raises(ValueError, match="the rewind arm needs"):
-        run_finetune(config)
+        run_comparison(config)
     assert not os.path.exists(tmp_path / "run")
 
 

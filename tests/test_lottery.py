@@ -12,11 +12,11 @@ import pytest
 
 from tf_supermask.layers import MaskedDense, get_masks, masked_layers
 from tf_supermask.pruning.criteria import CRITERIA, criterion_scores
-from tf_supermask.pruning.lottery import (LotteryConfig, kernels, load_masks, load_weights,
+from tf_supermask.experiments.lottery import (LotteryConfig, kernels, load_masks, load_weights,
                                           next_masks,
                                           pruned_values, reinitialized, run_lottery)
 from tf_supermask.pruning.select import top_masks
-from tf_supermask.report import aggregate, collect, to_markdown, write_report
+from tf_supermask.tools.report import aggregate, collect, to_markdown, write_report
 from tf_supermask.training.run_dir import RunDirError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

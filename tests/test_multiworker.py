@@ -164,9 +164,9 @@ def test_multi_worker_needs_the_tensorflow_backend(tmp_path):
 
 @pytest.mark.parametrize("binary", ["lottery", "finetune", "prune-init"])
 def test_experiment_binaries_refuse_multi_worker(tmp_path, binary):
-    from tf_supermask.finetune import FinetuneConfig
-    from tf_supermask.pruning.init_run import PruneInitConfig
-    from tf_supermask.pruning.lottery import LotteryConfig
+    from tf_supermask.experiments.finetune import FinetuneConfig
+    from tf_supermask.experiments.prune_init import PruneInitConfig
+    from tf_supermask.experiments.lottery import LotteryConfig
 
     config_class = {"lottery": LotteryConfig, "finetune": FinetuneConfig,
                     "prune-init": PruneInitConfig}[binary]

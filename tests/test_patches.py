@@ -8,7 +8,7 @@ import pytest
 
 from tf_supermask.layers import MaskedConv2D, MaskedDense, masked_layers
 from tf_supermask.models import MaskOptions, build_model
-from tf_supermask.patches import PatchesOptions, kaiming_std, patches_init
+from tf_supermask.layers.patches import PatchesOptions, kaiming_std, patches_init
 from tf_supermask.training import TrainConfig, train
 
 CONV_COUNTS = {"conv2": 2, "conv4": 4, "conv6": 6, "conv8": 8}

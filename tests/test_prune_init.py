@@ -16,12 +16,12 @@ from tf_supermask.config import define_flags, from_flags
 from tf_supermask.data import ArrayBatches, load_dataset, normalization_stats
 from tf_supermask.layers import MaskedDense, get_masks, set_masks
 from tf_supermask.models import MaskOptions, build_model
+from tf_supermask.experiments.prune_init import PruneInitConfig, prune_init
 from tf_supermask.pruning import (PRUNE_METHODS, DissipatingCallback, LayerCollapseError,
-                                  LayerCollapseWarning, PruneInitConfig, PruneOptions,
-                                  compute_masks, dissipating_allowed, dissipating_step,
-                                  grasp_masks, grasp_scores, kstarts_fitness, kstarts_masks,
-                                  prune_init, random_masks, snip_scores, synflow_masks,
-                                  synflow_scores, top_masks)
+                                  LayerCollapseWarning, PruneOptions, compute_masks,
+                                  dissipating_allowed, dissipating_step, grasp_masks,
+                                  grasp_scores, kstarts_fitness, kstarts_masks, random_masks,
+                                  snip_scores, synflow_masks, synflow_scores, top_masks)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 METHODS = ["random", "magnitude", "snip", "grasp", "synflow", "kstarts", "dissipating",

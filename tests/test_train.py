@@ -170,9 +170,9 @@ def test_missing_dataset_says_how_to_provide_it(tmp_path, monkeypatch):
 # The configuration each binary parses; a flagfile names its binary in a comment
 # ("tf-supermask-lottery ..."), tf-supermask-train otherwise.
 def _config_classes():
-    from tf_supermask.finetune import FinetuneConfig
-    from tf_supermask.pruning.init_run import PruneInitConfig
-    from tf_supermask.pruning.lottery import LotteryConfig
+    from tf_supermask.experiments.finetune import FinetuneConfig
+    from tf_supermask.experiments.prune_init import PruneInitConfig
+    from tf_supermask.experiments.lottery import LotteryConfig
 
     return {"train": TrainConfig, "lottery": LotteryConfig, "finetune": FinetuneConfig,
             "prune-init": PruneInitConfig}

@@ -7,7 +7,7 @@ Each line of the job list is ``[binary] FLAGFILE [--flag=value ...]`` (binary:
 train, lottery, prune_init or finetune; default train). Finished jobs are
 skipped, so running the same command again resumes a batch that was cut
 short. The jobs inherit the environment: ``KERAS_BACKEND=jax`` runs them on
-JAX. See tf_supermask/batch.py.
+JAX. See tf_supermask/tools/batch.py.
 """
 
 import signal
@@ -15,7 +15,7 @@ import sys
 
 from absl import app, flags
 
-from tf_supermask.batch import JobListError, parse_extra_flags, read_job_list, run_batch, select_jobs
+from tf_supermask.tools.batch import JobListError, parse_extra_flags, read_job_list, run_batch, select_jobs
 
 flags.DEFINE_string("output", "", "Folder of the run directories, logs and summary.csv/.md.")
 flags.DEFINE_integer("parallel", 1, "Jobs run at once (several small runs share a GPU well).")

@@ -9,7 +9,7 @@ import os
 
 from absl import app, flags
 
-from tf_supermask.benchmark import run_benchmark
+from tf_supermask.tools.benchmark import run_benchmark
 
 flags.DEFINE_list("models", ["fc", "conv2", "conv4", "conv6"], "Registered models to measure.")
 flags.DEFINE_list("masks", ["dense", "bernoulli", "topk", "fixed"], "Mask modes to measure.")

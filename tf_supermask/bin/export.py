@@ -29,7 +29,7 @@ FLAGS = flags.FLAGS
 def main(argv):
     if len(argv) != 2:
         raise app.UsageError("give exactly one run directory: tf-supermask-export RUN_DIR")
-    from tf_supermask.export import export_run
+    from tf_supermask.tools.export_run import export_run
 
     formats = ("saved_model", "compact") if FLAGS.format == "both" else (FLAGS.format,)
     try:

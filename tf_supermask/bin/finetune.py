@@ -6,9 +6,18 @@
 """
 
 from tf_supermask.bin.common import config_app
-from tf_supermask.finetune import FinetuneConfig, run_finetune
+from tf_supermask.experiments.comparison import run_comparison
+from tf_supermask.experiments.finetune import FinetuneConfig, run_finetune
 
-main, run = config_app(FinetuneConfig, run_finetune)
+
+def run_experiment(config, callbacks=()):
+    """--compare runs the equal-budget comparison; otherwise one prune-and-fine-tune."""
+    if config.compare:
+        return run_comparison(config, callbacks)
+    return run_finetune(config, callbacks)
+
+
+main, run = config_app(FinetuneConfig, run_experiment)
 
 if __name__ == "__main__":
     run()

@@ -4,7 +4,7 @@
 """
 
 from tf_supermask.bin.common import config_app
-from tf_supermask.pruning.lottery import LotteryConfig, run_lottery
+from tf_supermask.experiments.lottery import LotteryConfig, run_lottery
 
 main, run = config_app(LotteryConfig, run_lottery)
 

@@ -9,7 +9,7 @@ mask.npz (the final mask by kernel path).
 """
 
 from tf_supermask.bin.common import config_app
-from tf_supermask.pruning import PruneInitConfig, prune_init
+from tf_supermask.experiments.prune_init import PruneInitConfig, prune_init
 
 main, run = config_app(PruneInitConfig, prune_init)
 

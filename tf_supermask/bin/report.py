@@ -28,14 +28,14 @@ def main(argv):
         raise app.UsageError("give one or more run directories")
     try:
         if FLAGS.masks:
-            from tf_supermask.inspect import plot_mask_sparsity
+            from tf_supermask.tools.inspect import plot_mask_sparsity
 
             for run_dir in run_dirs:
                 path = os.path.join(run_dir, "mask_sparsity.png")
                 plot_mask_sparsity(run_dir, path)
                 print(path)
             return
-        from tf_supermask.report import write_report
+        from tf_supermask.tools.report import write_report
 
         for path in write_report(run_dirs, FLAGS.output, FLAGS.title or None):
             print(path)

@@ -32,7 +32,7 @@ class TrainConfig:
                             ("none", "nonaffine", "affine"))
     width: float = option(1.0, "Width multiplier of hidden layers.")
 
-    # PatchesInit (--init=patches); see tf_supermask/patches.py.
+    # PatchesInit (--init=patches); see tf_supermask/layers/patches.py.
     patches_images: int = option(10000, "--init=patches: training images the patches are drawn "
                                  "from (0: all).")
     patches_forward_images: int = option(0, "--init=patches: images propagated through the "
@@ -161,7 +161,7 @@ class TrainConfig:
 
         train_weights = {"auto": None, "true": True, "false": False}[self.train_weights]
         # --init=patches builds with patches_rest_init; the trainer's data step
-        # (tf_supermask.patches) then overwrites the patched layers.
+        # (tf_supermask.layers.patches) then overwrites the patched layers.
         init = self.patches_rest_init if self.init == "patches" else self.init
         return MaskOptions(mask=self.mask, k=self.k, init=init,
                            score_init=self.score_init or None, scale_fan=self.scale_fan,

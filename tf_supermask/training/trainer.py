@@ -192,7 +192,7 @@ def train(config: TrainConfig, callbacks=(), prepare=None):
     model = create_model(config, dataset, steps_per_epoch, strategy)
     extra_results = {}
     if config.init == "patches":  # PatchesInit's data step, before the rewind point is saved
-        from tf_supermask.patches import patches_init_from_config
+        from tf_supermask.layers.patches import patches_init_from_config
 
         extra_results["patches"] = patches_init_from_config(model, config, dataset, normalization)
     extra_results.update((prepare(model, train_batches, dataset) if prepare else None) or {})

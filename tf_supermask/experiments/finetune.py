@@ -45,6 +45,30 @@ ARCHITECTURE_FLAGS = ("model", "width", "batchnorm", "dataset")
 _NOT_COPIED = ("mask", "pruned_values", "scores", "seed_generator_state")
 
 
+ARMS = ("lottery", "rewind", "finetune")
+
+
+def parse_arms(text):
+    """The arms named in --compare, checked."""
+    arms = [part.strip() for part in text.split(",") if part.strip()]
+    unknown = sorted(set(arms) - set(ARMS))
+    if unknown or not arms:
+        raise ValueError(f"--compare takes comma-separated arms among {ARMS}, got {text!r}")
+    return arms
+
+
+def parse_sparsities(text):
+    """The sparsities of --sparsities, each a fraction pruned in [0, 1)."""
+    try:
+        values = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        values = []
+    if not values or any(not 0.0 <= value < 1.0 for value in values):
+        raise ValueError(f"--sparsities must be comma-separated fractions pruned in [0, 1), "
+                         f"got {text!r}")
+    return values
+
+
 @dataclasses.dataclass
 class FinetuneConfig(TrainConfig):
     """A pruning-and-fine-tuning experiment: TrainConfig's fields (which also train the dense
@@ -89,7 +113,7 @@ class FinetuneConfig(TrainConfig):
                           "--rewind_epoch), finetune (from its trained weights). Every arm "
                           "trains --finetune_epochs at --finetune_lr under the same one-shot "
                           "magnitude mask, at each of --sparsities (see "
-                          "tf_supermask/comparison.py).")
+                          "tf_supermask/experiments/comparison.py).")
     sparsities: str = option("0.5,0.7,0.9", "--compare: comma-separated sparsities (fractions "
                              "pruned).")
     rewind_epoch: int = option(1, "--compare: epoch of the dense run the rewind arm starts from.")
@@ -117,8 +141,6 @@ class FinetuneConfig(TrainConfig):
         if self.begin_epoch < 0 or self.end_epoch < 0:
             raise ValueError("--begin_epoch and --end_epoch must be at least 0")
         if self.compare:
-            from tf_supermask.comparison import parse_arms, parse_sparsities
-
             parse_sparsities(self.sparsities)
             if self.prune_method != "oneshot":
                 raise ValueError(f"--compare prunes in one shot; --prune_method must be oneshot, "
@@ -344,8 +366,8 @@ def _steps_per_epoch(config):
 
 
 def run_finetune(config: FinetuneConfig, callbacks=()):
-    """Runs (or resumes) a pruning-and-fine-tuning experiment, or with --compare the
-    equal-budget comparison of ``tf_supermask.comparison.run_comparison``.
+    """Runs (or resumes) a pruning-and-fine-tuning experiment (with --compare, use
+    ``tf_supermask.experiments.comparison.run_comparison``).
 
     Args:
       config: the experiment's FinetuneConfig.
@@ -363,9 +385,9 @@ def run_finetune(config: FinetuneConfig, callbacks=()):
     from tf_supermask.training.trainer import train
 
     if config.compare:
-        from tf_supermask.comparison import run_comparison
-
-        return run_comparison(config, callbacks)
+        raise ValueError("--compare runs the equal-budget comparison: call "
+                         "tf_supermask.experiments.comparison.run_comparison (the "
+                         "tf-supermask-finetune binary chooses it)")
     experiment = config.run_dir or default_finetune_dir(config)
     dense_run = config.dense_run
     dense_results = check_dense_run(config, dense_run) if dense_run else None
@@ -446,3 +468,6 @@ def run_finetune(config: FinetuneConfig, callbacks=()):
               f"{summary['dense_test_accuracy']:.4f}); results in {experiment}")
     summary["run_dir"] = experiment
     return summary
+
+
+run = run_finetune  # every experiment driver has run(config)

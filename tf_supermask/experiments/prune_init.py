@@ -15,7 +15,7 @@ import keras
 
 from tf_supermask.config import option
 from tf_supermask.layers import get_masks
-from tf_supermask.pruning.init_methods import (PRUNE_METHODS, PruneOptions, compute_masks,
+from tf_supermask.pruning.at_init import (PRUNE_METHODS, PruneOptions, compute_masks,
                                                make_callback, sparsity_per_layer)
 from tf_supermask.pruning.select import MASK_FILE, save_masks
 from tf_supermask.training import run_dir as run_dir_lib
@@ -141,3 +141,6 @@ def prune_init(config: PruneInitConfig, callbacks=()):
         stored.update(final)
         run_dir_lib.write_json(results_path, stored)
     return results
+
+
+run = prune_init  # every experiment driver has run(config)

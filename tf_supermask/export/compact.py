@@ -1,61 +1,48 @@
-"""Exporting masked networks: folded SavedModels and the compact seed-plus-bitmask file.
+"""The compact seed-plus-bitmask file of a masked network.
 
-Folded SavedModel
-    ``export_saved_model(model, path)`` replaces every masked layer by a plain
-    Keras ``Dense`` / ``Conv2D`` / ``DepthwiseConv2D`` whose kernel is the
-    layer's evaluation kernel (weight * mask, times #weights / #kept when the
-    layer rescales), copies every other layer with its weights, and writes a
-    SavedModel with a ``serve`` endpoint (and the ``serving_default``
-    signature). It holds no scores and no mask variables: pruned weights are
-    zeros in the kernels. It takes the same (normalised) inputs as the model.
+A supermask over random weights is described by how the weights were drawn
+(model, options, seed) and the bit mask. ``save_compact`` writes an
+``.npz`` archive holding
 
-Compact file
-    A supermask over random weights is described by how the weights were drawn
-    (model, options, seed) and the bit mask. ``save_compact`` writes an
-    ``.npz`` archive holding
+- ``header``: JSON (as uint8 bytes): format and version, the model name,
+  input shape and class count, the ``MaskOptions`` fields, the backend and
+  Keras version that wrote it, per-layer mask shapes and counts, which
+  variables are stored, free metadata (a run's flags and results), and
+  ``regenerated_sha256``: a SHA-256 over every variable the loader
+  regenerates instead of reading (the frozen kernels above all);
+- ``mask_<i>``: masked layer i's binary mask, bit-packed (``numpy.packbits``);
+- ``var_<j>`` / ``kernel_<i>``: only the variables that differ from a fresh
+  build, e.g. BatchNorm statistics and trained biases. Kernels are stored
+  only when they differ from their regenerated values (trained weights, a
+  lottery ticket): then the file is not compact and a warning says so.
 
-    - ``header``: JSON (as uint8 bytes): format and version, the model name,
-      input shape and class count, the ``MaskOptions`` fields, the backend and
-      Keras version that wrote it, per-layer mask shapes and counts, which
-      variables are stored, free metadata (a run's flags and results), and
-      ``regenerated_sha256``: a SHA-256 over every variable the loader
-      regenerates instead of reading (the frozen kernels above all);
-    - ``mask_<i>``: masked layer i's binary mask, bit-packed (``numpy.packbits``);
-    - ``var_<j>`` / ``kernel_<i>``: only the variables that differ from a fresh
-      build, e.g. BatchNorm statistics and trained biases. Kernels are stored
-      only when they differ from their regenerated values (trained weights, a
-      lottery ticket): then the file is not compact and a warning says so.
+``load_compact`` rebuilds the model with the same name and options, checks
+the checksum, sets the stored variables, and gives every masked layer its
+mask with ``set_mask``: a fixed mask is assigned; score modes get scores
+that reproduce it (Bernoulli: positive exactly where kept; top-k: the kept
+scores lifted above all others, the count being round(k * n) already). The
+trained score values themselves are not kept, only the mask they select.
+Evaluation predictions equal the saved model's exactly: the kernels, masks,
+rescale factors (#weights / #kept from the same mask) and other variables
+are the same. The one exception is ``eval_sample`` (a Bernoulli mask
+sampled at evaluation), random by design and depending on the scores: the
+loaded model thresholds instead, and saving warns.
 
-    ``load_compact`` rebuilds the model with the same name and options, checks
-    the checksum, sets the stored variables, and gives every masked layer its
-    mask with ``set_mask``: a fixed mask is assigned; score modes get scores
-    that reproduce it (Bernoulli: positive exactly where kept; top-k: the kept
-    scores lifted above all others, the count being round(k * n) already). The
-    trained score values themselves are not kept, only the mask they select.
-    Evaluation predictions equal the saved model's exactly: the kernels, masks,
-    rescale factors (#weights / #kept from the same mask) and other variables
-    are the same. The one exception is ``eval_sample`` (a Bernoulli mask
-    sampled at evaluation), random by design and depending on the scores: the
-    loaded model thresholds instead, and saving warns.
+Weights regenerate exactly only where the random generator draws the same
+floats: the same backend and device type (normal and uniform draws differ
+in the last bits between JAX on a CPU and on a GPU; signed constant
+weights do not), and Keras / backend versions that keep the generator.
+Elsewhere the checksum does not match and loading fails with a
+``CompactFormatError`` that says so.
 
-    Weights regenerate exactly only where the random generator draws the same
-    floats: the same backend and device type (normal and uniform draws differ
-    in the last bits between JAX on a CPU and on a GPU; signed constant
-    weights do not), and Keras / backend versions that keep the generator.
-    Elsewhere the checksum does not match and loading fails with a
-    ``CompactFormatError`` that says so.
-
-Files and folders are written under a temporary name and renamed into place,
+Files are written under a temporary name and renamed into place,
 so a failure never leaves a partial file.
 """
 
-import contextlib
 import dataclasses
 import hashlib
 import json
 import os
-import shutil
-import uuid
 import warnings
 import zipfile
 
@@ -63,148 +50,19 @@ import keras
 import numpy as np
 from keras import ops
 
-from tf_supermask.layers.masked import MaskedConv2D, MaskedDense, masked_layers
+from tf_supermask.export.atomic import atomic_path
+from tf_supermask.layers.masked import masked_layers
 from tf_supermask.models import MODELS, MaskOptions, build_model
 
 FORMAT = "tf_supermask.compact"
 VERSION = 1
 COMPACT_FILE = "supermask.npz"
-SAVED_MODEL_DIR = "saved_model"
-FINAL_MODEL = os.path.join("checkpoints", "final.keras")
 
 
 class CompactFormatError(ValueError):
     """A compact file that cannot be loaded: corrupt, truncated, or not reproducible here."""
 
 
-# Atomic writes ---------------------------------------------------------------------------------
-
-@contextlib.contextmanager
-def _atomic_path(path, directory=False):
-    """Yields a temporary path next to `path`; renames it onto `path` if the block succeeds.
-
-    The temporary file (or folder, created empty) gets the usual permissions
-    (the umask's). A folder replaces an existing one only once the new one is
-    complete; an existing file is replaced by one rename.
-    """
-    path = os.path.abspath(path)
-    parent = os.path.dirname(path)
-    os.makedirs(parent, exist_ok=True)
-    temp = os.path.join(parent, f".tmp-{os.path.basename(path)}-{uuid.uuid4().hex[:12]}")
-    if directory:
-        os.mkdir(temp)
-    else:
-        open(temp, "xb").close()
-    try:
-        yield temp
-        if directory and os.path.exists(path):
-            old = os.path.join(parent, f".old-{os.path.basename(path)}-{uuid.uuid4().hex[:12]}")
-            os.replace(path, old)
-            os.replace(temp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(temp, path)
-    except BaseException:
-        if os.path.isdir(temp):
-            shutil.rmtree(temp, ignore_errors=True)
-        elif os.path.exists(temp):
-            os.remove(temp)
-        raise
-
-
-# Folding ---------------------------------------------------------------------------------------
-
-def folded_kernel(layer):
-    """A masked layer's evaluation kernel as a float32 NumPy array.
-
-    weight * mask, times #weights / #kept if the layer rescales. For a Bernoulli
-    layer that samples at evaluation the thresholded mask (scores > 0) is used.
-    """
-    if layer.is_masked and layer.eval_sample and layer.mask_mode == "bernoulli":
-        mask = layer.get_mask()
-        kernel = layer.kernel_variable * mask
-        if layer.rescale:
-            kept = ops.maximum(ops.sum(mask), 1.0)
-            kernel = kernel * (float(np.prod(mask.shape)) / kept)
-        return np.asarray(ops.convert_to_numpy(kernel), dtype=np.float32)
-    return np.asarray(ops.convert_to_numpy(layer.effective_kernel(training=False)),
-                      dtype=np.float32)
-
-
-def _plain_layer(layer):
-    """The unmasked Keras layer computing what `layer` computes at evaluation, and its weights."""
-    kernel = folded_kernel(layer)
-    common = dict(use_bias=layer.bias is not None, activation=layer.activation, name=layer.name,
-                  dtype=layer.dtype_policy)
-    if isinstance(layer, MaskedDense):
-        plain = keras.layers.Dense(layer.units, **common)
-    elif isinstance(layer, MaskedConv2D):
-        if layer.groups > 1 and layer.groups == layer.filters and kernel.shape[2] == 1:
-            plain = keras.layers.DepthwiseConv2D(layer.kernel_size, strides=layer.strides,
-                                                 padding=layer.padding, depth_multiplier=1,
-                                                 **common)
-            kernel = np.transpose(kernel, (0, 1, 3, 2))
-        else:
-            plain = keras.layers.Conv2D(layer.filters, layer.kernel_size, strides=layer.strides,
-                                        padding=layer.padding, groups=layer.groups, **common)
-    else:
-        raise TypeError(f"cannot fold masked layer {layer.name} of type {type(layer).__name__}")
-    weights = [kernel]
-    if layer.bias is not None:
-        weights.append(ops.convert_to_numpy(layer.bias))
-    return plain, weights
-
-
-def fold_masks(model):
-    """A copy of `model` with plain layers whose kernels have the masks folded in.
-
-    Works for functional and Sequential models (nested ones included). The
-    copy holds no scores or mask variables and gives the model's evaluation
-    predictions.
-    """
-    pending = []
-
-    def clone(layer):
-        if isinstance(layer, (MaskedDense, MaskedConv2D)):
-            new, weights = _plain_layer(layer)
-        else:
-            new = layer.__class__.from_config(layer.get_config())
-            weights = layer.get_weights()
-        pending.append((new, weights))
-        return new
-
-    try:
-        folded = keras.models.clone_model(model, clone_function=clone, recursive=True)
-    except ValueError as error:
-        raise ValueError(f"cannot fold the masks of model {model.name!r}: only functional and "
-                         f"Sequential models can be folded ({error})") from None
-    for layer, weights in pending:
-        layer.set_weights(weights)
-    return folded
-
-
-def export_saved_model(model, path):
-    """Writes the folded model (see ``fold_masks``) as a SavedModel to the folder `path`.
-
-    The SavedModel has a ``serve`` endpoint and a ``serving_default`` signature
-    taking a batch of inputs shaped like the model's and returning its logits.
-    An existing folder is replaced only once the new one is complete.
-
-    Raises:
-      RuntimeError: TensorFlow is not installed (JAX-only machines).
-    """
-    try:
-        import tensorflow  # noqa: F401
-    except ImportError:
-        raise RuntimeError("SavedModel export needs TensorFlow; install it, or write the compact "
-                           "format instead") from None
-    folded = fold_masks(model)
-    with _atomic_path(path, directory=True) as temp:
-        folded.export(temp, format="tf_saved_model", verbose=False)
-    return path
-
-
-# Compact format --------------------------------------------------------------------------------
 
 def load_options(options):
     """The options a compact file is rebuilt with: the saved ones, never sampling at evaluation."""
@@ -365,7 +223,7 @@ def save_compact(model, path, options, model_name=None, input_shape=None, num_cl
     }
     arrays["header"] = np.frombuffer(
         json.dumps(header, sort_keys=True, default=_json_default).encode(), dtype=np.uint8)
-    with _atomic_path(path) as temp:
+    with atomic_path(path) as temp:
         with open(temp, "wb") as stream:
             np.savez_compressed(stream, **arrays)
             stream.flush()
@@ -522,113 +380,4 @@ def load_compact(path):
     except KeyError as error:
         raise CompactFormatError(f"{path} lacks the array {error}: corrupt file") from None
     return model
-
-
-# Run directories -------------------------------------------------------------------------------
-
-def _parse_flag_value(text, default):
-    if isinstance(default, bool):
-        return text.lower() in ("true", "1", "yes")
-    if isinstance(default, int):
-        return int(text)
-    if isinstance(default, float):
-        return float(text)
-    return text
-
-
-def run_model_options(run_dir):
-    """(model name, MaskOptions, flags.txt text) of a run directory, from its flags.txt."""
-    from tf_supermask.training.config import TrainConfig
-    from tf_supermask.training.run_dir import FLAGS_FILE, parse_flagfile
-
-    flags_path = os.path.join(run_dir, FLAGS_FILE)
-    if not os.path.exists(flags_path):
-        raise FileNotFoundError(f"{run_dir} holds no {FLAGS_FILE}: not a run directory")
-    with open(flags_path) as stream:
-        text = stream.read()
-    values = parse_flagfile(text)
-    defaults = {field.name: field.default for field in dataclasses.fields(TrainConfig)}
-    kwargs = {name: _parse_flag_value(value, defaults[name])
-              for name, value in values.items() if name in defaults}
-    config = TrainConfig(**kwargs)
-    return config.model, config.mask_options(), text
-
-
-def export_run(run_dir, formats=("saved_model", "compact"), output=None, overwrite=False,
-               verify=True, allow_kernels=True):
-    """Exports a finished run's final model (``checkpoints/final.keras``).
-
-    Args:
-      run_dir: the run directory.
-      formats: any of "saved_model" (folded SavedModel) and "compact".
-      output: folder receiving ``saved_model/`` and ``supermask.npz`` (default: `run_dir`).
-      overwrite: replace existing outputs (otherwise they are refused).
-      verify: reload each output and compare its predictions on random inputs
-        with the run's model (exactly for the compact file, 1e-5 for the SavedModel);
-        an output that fails is removed and a RuntimeError raised.
-      allow_kernels: see ``save_compact``.
-
-    Returns:
-      {format: path written}.
-    """
-    from tf_supermask.training.run_dir import RESULTS_FILE
-
-    unknown = sorted(set(formats) - {"saved_model", "compact"})
-    if unknown or not formats:
-        raise ValueError(f"formats must be among saved_model, compact; got {list(formats)}")
-    model_path = os.path.join(run_dir, FINAL_MODEL)
-    if not os.path.exists(model_path):
-        raise FileNotFoundError(f"{model_path} does not exist: the run has not finished")
-    output = output or run_dir
-    targets = {"saved_model": os.path.join(output, SAVED_MODEL_DIR),
-               "compact": os.path.join(output, COMPACT_FILE)}
-    targets = {name: targets[name] for name in formats}
-    existing = [path for path in targets.values() if os.path.exists(path)]
-    if existing and not overwrite:
-        raise FileExistsError(f"{', '.join(existing)} already exist(s); pass overwrite "
-                              "(--overwrite) to replace")
-    model_name, options, flags_text = run_model_options(run_dir)
-    import tf_supermask.models  # noqa: F401  (registers the layers' classes)
-
-    model = keras.saving.load_model(model_path, compile=False)
-    probe = np.random.default_rng(0).normal(size=(4,) + tuple(model.input_shape[1:]))
-    probe = probe.astype("float32")
-    expected = np.asarray(ops.convert_to_numpy(model(probe, training=False)))
-    if "compact" in targets:
-        results = {}
-        results_path = os.path.join(run_dir, RESULTS_FILE)
-        if os.path.exists(results_path):
-            with open(results_path) as stream:
-                full = json.load(stream)
-            results = {key: full[key] for key in ("test_accuracy", "test_loss",
-                                                  "weights_remaining", "backend", "epochs")
-                       if key in full}
-        metadata = {"run_dir": os.path.basename(os.path.abspath(run_dir)), "flags": flags_text,
-                    "results": results}
-        save_compact(model, targets["compact"], options, model_name=model_name,
-                     metadata=metadata, allow_kernels=allow_kernels)
-        if verify:
-            got = np.asarray(ops.convert_to_numpy(
-                load_compact(targets["compact"])(probe, training=False)))
-            if not np.array_equal(got, expected):
-                os.remove(targets["compact"])
-                raise RuntimeError(f"the model loaded from {targets['compact']} predicts "
-                                   f"differently (max difference {np.abs(got - expected).max()})")
-    if "saved_model" in targets:
-        export_saved_model(model, targets["saved_model"])
-        if verify:
-            import tensorflow as tf
-
-            served = np.asarray(tf.saved_model.load(targets["saved_model"]).serve(
-                tf.constant(probe)))
-            if not np.allclose(served, expected, rtol=1e-5, atol=1e-5):
-                shutil.rmtree(targets["saved_model"], ignore_errors=True)
-                raise RuntimeError(f"the SavedModel {targets['saved_model']} predicts differently "
-                                   f"(max difference {np.abs(served - expected).max()})")
-    return targets
-
-
-__all__ = ["CompactFormatError", "COMPACT_FILE", "SAVED_MODEL_DIR", "export_run",
-           "export_saved_model", "fold_masks", "folded_kernel", "load_compact", "load_options",
-           "read_compact_header", "run_model_options", "save_compact"]
 

@@ -27,28 +27,7 @@ import os
 
 import numpy as np
 
-ARMS = ("lottery", "rewind", "finetune")
-
-
-def parse_arms(text):
-    """The arms named in --compare, checked."""
-    arms = [part.strip() for part in text.split(",") if part.strip()]
-    unknown = sorted(set(arms) - set(ARMS))
-    if unknown or not arms:
-        raise ValueError(f"--compare takes comma-separated arms among {ARMS}, got {text!r}")
-    return arms
-
-
-def parse_sparsities(text):
-    """The sparsities of --sparsities, each a fraction pruned in [0, 1)."""
-    try:
-        values = [float(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        values = []
-    if not values or any(not 0.0 <= value < 1.0 for value in values):
-        raise ValueError(f"--sparsities must be comma-separated fractions pruned in [0, 1), "
-                         f"got {text!r}")
-    return values
+from tf_supermask.experiments.finetune import ARMS, parse_arms, parse_sparsities  # noqa: F401
 
 
 def rewind_weights_path(dense_run, epoch):
@@ -89,10 +68,10 @@ def weight_correlation(initial, trained, fractions):
 def _dense_values(dense_run, weights_path, dataset):
     """{variable path: value} of a weights file of the dense run, with masked kernels as they
     act (weight x mask); the model is built from the dense run's own flags."""
-    from tf_supermask.export import run_model_options
-    from tf_supermask.finetune import trained_values
+    from tf_supermask.training.run_config import run_model_options
+    from tf_supermask.experiments.finetune import trained_values
     from tf_supermask.models import build_model
-    from tf_supermask.pruning.lottery import load_weights
+    from tf_supermask.experiments.lottery import load_weights
 
     name, options, _ = run_model_options(dense_run)
     model = build_model(name, dataset.input_shape, dataset.num_classes, options)
@@ -114,7 +93,7 @@ class _ArmStart:
         self.start_path = start_path
 
     def __call__(self, model, train_batches, dataset):
-        from tf_supermask.finetune import assign_trained
+        from tf_supermask.experiments.finetune import assign_trained
         from tf_supermask.layers import set_masks
         from tf_supermask.pruning.gradual import prune_by_magnitude, pruned_fraction
 
@@ -135,11 +114,11 @@ def run_comparison(config, callbacks=()):
       The summary also written to ``<run_dir>/results.json``, with ``run_dir``.
     """
     from tf_supermask.config import to_flagfile
-    from tf_supermask.finetune import (DENSE_DIR, _finetune_run, check_dense_run,
+    from tf_supermask.experiments.finetune import (DENSE_DIR, _finetune_run, check_dense_run,
                                        default_finetune_dir, finetune_train_config, load_trained,
                                        train_dense, trained_values)
     from tf_supermask.layers import masked_layers
-    from tf_supermask.pruning.lottery import SaveWeightsAtStep
+    from tf_supermask.experiments.lottery import SaveWeightsAtStep
     from tf_supermask.training import run_dir as run_dir_lib
     from tf_supermask.training.config import RUN_CONTROL_FIELDS
     from tf_supermask.training.trainer import (INITIAL_WEIGHTS, load_data, steps_per_epoch,
@@ -207,3 +186,6 @@ def run_comparison(config, callbacks=()):
     run_dir_lib.write_json(os.path.join(experiment, run_dir_lib.RESULTS_FILE), summary)
     summary["run_dir"] = experiment
     return summary
+
+
+run = run_comparison  # every experiment driver has run(config)

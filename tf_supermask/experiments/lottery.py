@@ -439,3 +439,6 @@ class _LevelSetup:
         set_kernels(model, reinitialized(config.reinit, kernels(model), masks, fresh, stds,
                                          config.keep_signs, rng))
         return out
+
+
+run = run_lottery  # every experiment driver has run(config)
