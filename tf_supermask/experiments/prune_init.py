@@ -16,7 +16,8 @@ import keras
 from tf_supermask.config import option
 from tf_supermask.layers import get_masks
 from tf_supermask.pruning.at_init import (PRUNE_METHODS, PruneOptions, compute_masks,
-                                               make_callback, sparsity_per_layer)
+                                          make_callback)
+from tf_supermask.pruning.saliency import sparsity_per_layer
 from tf_supermask.pruning.select import MASK_FILE, save_masks
 from tf_supermask.training import run_dir as run_dir_lib
 from tf_supermask.training.distribute import single_worker_only
