@@ -4,7 +4,8 @@
 #   bash scripts/gpu_batch.sh JOBLIST OUTPUT [runner flags...]
 #   e.g. bash scripts/gpu_batch.sh jobs/smoke.txt /tmp/smoke --parallel=4 --time_limit=480
 #
-# Run it from the repository root. It works on two kinds of machine:
+# Run it from the repository root. It works on two kinds of machine (see
+# scripts/gpu_env.sh, which it sources):
 #   - an image with JAX and CUDA but no TensorFlow or Keras (no network): the
 #     wheels that `bash scripts/prepare_gpu_bundle.sh` put into .whl/ are
 #     installed into $SITE and the jobs run under KERAS_BACKEND=jax;
@@ -13,6 +14,7 @@
 #     and no .whl/ is needed.
 # CIFAR-10 is decoded from .data/cifar10_jpeg.npz (also made by
 # prepare_gpu_bundle.sh) into $DATA_DIR/cifar10.npz unless that file exists.
+# The GPU results ledger runs its job list with scripts/ledger_window.sh instead.
 #
 # Environment:
 #   KERAS_BACKEND  backend of the jobs (default: jax)
@@ -45,39 +47,11 @@ if [[ ! -f setup.cfg || ! -d tf_supermask ]]; then
   exit 64
 fi
 
-export KERAS_BACKEND=${KERAS_BACKEND:-jax}
-export PYTHONUNBUFFERED=1
-DATA_DIR=${DATA_DIR:-/tmp/data}
-SITE=${SITE:-/tmp/site}
-
-if compgen -G ".whl/*.whl" >/dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target "$SITE" .whl/*.whl
-  export PYTHONPATH="$SITE:$PWD${PYTHONPATH:+:$PYTHONPATH}"
-else
-  export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-fi
-
-if [[ ! -f "$DATA_DIR/cifar10.npz" && -f .data/cifar10_jpeg.npz ]]; then
-  echo "decoding CIFAR-10 into $DATA_DIR"
-  python3 .data/make_npz.py "$DATA_DIR" cifar10
-fi
-
-echo "machine: $(nproc) CPU cores; $(nvidia-smi -L 2>/dev/null | tr '\n' ';' || echo 'no nvidia-smi')"
-python3 - <<'PYTHON'
-import os
-import keras
-print(f"python ok: keras {keras.__version__}, backend {keras.backend.backend()}")
-if keras.backend.backend() == "jax":
-    import jax
-    print(f"jax {jax.__version__}: {jax.devices()}")
-elif keras.backend.backend() == "tensorflow":
-    import tensorflow as tf
-    print(f"tensorflow {tf.__version__}: {tf.config.list_physical_devices('GPU')}")
-PYTHON
+# Wheels, PYTHONPATH, KERAS_BACKEND, CIFAR-10 in $DATA_DIR, and a check that Keras imports.
+source scripts/gpu_env.sh
 
 status=0
-python3 -m tf_supermask.bin.batch "$joblist" --output="$output" \
+"$PYTHON" -m tf_supermask.bin.batch "$joblist" --output="$output" \
   --extra_flags="--data_dir=$DATA_DIR --verbose=2 ${EXTRA_FLAGS:-}" "$@" || status=$?
 
 if [[ -n "${PACK_TO:-}" && -d "$output" ]]; then
