@@ -3,12 +3,15 @@
 # rewinding at 50/70/90% sparsity, pretraining at lr 0.1 and 0.01, 3 seeds, then the report.
 #   scripts/compare_study.sh [OUT=runs/compare_fc_fmnist] [RESULTS=runs/results/compare_fc_fashion_mnist]
 # Finished experiments are skipped (tf-supermask-finetune resumes), so a cut study restarts.
+# A reduced study: LRS="0.1" SEEDS="0" scripts/compare_study.sh OUT RESULTS; extra flags
+# (e.g. EXTRA_FLAGS="--data_dir=$HOME/.cache/tf_supermask" for the offline .npz) go to
+# every run.
 set -euo pipefail
 out=${1:-runs/compare_fc_fmnist}
 results=${2:-runs/results/compare_fc_fashion_mnist}
 start=$(date +%s)
-for lr in 0.1 0.01; do
-  for seed in 0 1 2; do
+for lr in ${LRS:-0.1 0.01}; do
+  for seed in ${SEEDS:-0 1 2}; do
     run_dir="$out/lr${lr}_seed${seed}"
     if [[ -f "$run_dir/results.json" ]]; then echo "$run_dir: done earlier"; continue; fi
     t0=$(date +%s)

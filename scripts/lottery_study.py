@@ -80,9 +80,10 @@ def main():
                       if d.rsplit("_seed", 1)[0] in names
                       and os.path.exists(os.path.join(args.out, d, "results.json")))
         if dirs:
+            weights = "signed-constant weights" if suffix else "Glorot normal weights"
             for path in write_report(dirs, args.results + suffix,
-                                     title=f"LeNet-300-100, Fashion-MNIST, {args.epochs} epochs "
-                                           "per level"):
+                                     title=f"LeNet-300-100, Fashion-MNIST, {weights}, "
+                                           f"{args.epochs} epochs per level"):
                 print(path)
     with open(args.results + "_timing.json", "w") as stream:
         json.dump({"wall_seconds_this_invocation": wall, "epochs": args.epochs,

@@ -17,6 +17,13 @@ Finished runs are read back from their results.json, so an interrupted study
 resumes where it stopped. Example (the committed fc table):
 
     nice -n 10 python scripts/prune_init_study.py --train_size=16000 --epochs=3
+
+``--methods`` lists variants: a method name runs it with its defaults (Haroon's
+methods as the paper reads: K-starts continues from its winner inside the epoch
+budget, dissipating removes by its fraction), and the named variants in
+``VARIANTS`` set other options (the earlier forced/rewind behaviours, the
+fraction calibrated to the sparsity). ``dense`` is one unpruned run per seed.
+``--no_shuffled`` skips the shuffled twins.
 """
 
 import argparse
@@ -30,6 +37,41 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 METHODS = ["random", "magnitude", "snip", "grasp", "synflow", "kstarts", "dissipating",
            "kstarts_dissipating"]
+# variant: (method, options). The plain method names are variants with no options.
+VARIANTS = {
+    "dense": ("random", {}),
+    "kstarts_rewind": ("kstarts", {"kstarts_mode": "rewind"}),
+    "dissipating_calibrate": ("dissipating", {"dissipating_target": "calibrate"}),
+    "dissipating_reach": ("dissipating", {"dissipating_target": "reach"}),
+    "kstarts_dissipating_calibrate": ("kstarts_dissipating",
+                                      {"dissipating_target": "calibrate"}),
+    "kstarts_dissipating_rewind_reach": ("kstarts_dissipating",
+                                         {"kstarts_mode": "rewind",
+                                          "dissipating_target": "reach"}),
+}
+VARIANT_TEXT = {
+    "dense": "dense: no pruning (sparsity 0), one run per seed",
+    "kstarts": "kstarts: continues from the winner, whose epoch(s) count inside --epochs",
+    "kstarts_rewind": "kstarts_rewind: the winner's mask retrained from the initial weights "
+                      "for all --epochs (the earlier default)",
+    "dissipating": "dissipating: removal by the fraction alone, sparsity an outcome",
+    "dissipating_calibrate": "dissipating_calibrate: the fraction found by a replay of the "
+                             "dissipating epochs to reach the sparsity (one fraction per "
+                             "layer under the layer scope), then removal by it (sparsity "
+                             "reached reported, not forced)",
+    "dissipating_reach": "dissipating_reach: the target forced at the last dissipating epoch, "
+                         "geometric schedule (the earlier default)",
+    "kstarts_dissipating": "kstarts_dissipating: K-starts to density (1 - sparsity) ** 0.5, "
+                           "continuing from the winner, then dissipating by the fraction",
+    "kstarts_dissipating_calibrate": "kstarts_dissipating_calibrate: as kstarts_dissipating "
+                                     "with the fraction calibrated to the sparsity",
+    "kstarts_dissipating_rewind_reach": "kstarts_dissipating_rewind_reach: K-starts rewound "
+                                        "and the target forced (the earlier default)",
+}
+
+
+def variant_method(variant):
+    return VARIANTS[variant][0] if variant in VARIANTS else variant
 
 
 def parse_args(argv):
@@ -55,6 +97,8 @@ def parse_args(argv):
     parser.add_argument("--kstarts_fitness", default="both")
     parser.add_argument("--dissipating_epochs", type=int, default=2)
     parser.add_argument("--dissipating_fraction", type=float, default=0.1)
+    parser.add_argument("--no_shuffled", action="store_true",
+                        help="skip the shuffled twins")
     parser.add_argument("--synflow_iterations", type=int, default=100)
     parser.add_argument("--strategy", default="one_device",
                         help="one_device: no tf.distribute input pipeline (half the per-run "
@@ -73,10 +117,11 @@ def parse_args(argv):
     return parser.parse_args(argv)
 
 
-def run_config(args, method, sparsity, seed, shuffled, run_dir, mask_file=""):
+def run_config(args, variant, sparsity, seed, shuffled, run_dir, mask_file=""):
     from tf_supermask.experiments.prune_init import PruneInitConfig
 
-    return PruneInitConfig(
+    method, options = VARIANTS.get(variant, (variant, {}))
+    return PruneInitConfig(**options, **dict(
         model=args.model, dataset=args.dataset, data_dir=args.data_dir, init=args.init,
         train_size=args.train_size, validation_size=args.validation_size,
         optimizer=args.optimizer, lr=args.lr, batch_size=args.batch_size, epochs=args.epochs,
@@ -86,11 +131,13 @@ def run_config(args, method, sparsity, seed, shuffled, run_dir, mask_file=""):
         kstarts_fitness=args.kstarts_fitness, dissipating_epochs=args.dissipating_epochs,
         dissipating_fraction=args.dissipating_fraction,
         synflow_iterations=args.synflow_iterations, strategy=args.strategy, verbose=0,
-        run_dir=run_dir)
+        run_dir=run_dir))
 
 
 def one_run(args, method, sparsity, seed, shuffled, mask_file=""):
-    """Runs (or reads back) one run; returns its record."""
+    """Runs (or reads back) one run of variant `method`; returns its record."""
+    if method == "dense":
+        sparsity = 0.0
     import warnings
 
     from tf_supermask.experiments.prune_init import prune_init
@@ -114,6 +161,10 @@ def one_run(args, method, sparsity, seed, shuffled, mask_file=""):
             json.dump({"wall_seconds": wall}, stream)
     record = {
         "method": method, "shuffled": shuffled, "sparsity": sparsity, "seed": seed,
+        "mask_sparsity": results.get("mask_sparsity"),
+        "start_epoch": results.get("start_epoch", 0),
+        "epochs_trained": results.get("epochs_trained"),
+        "dissipating_fraction": results.get("dissipating_fraction"),
         "scope": results.get("scope"), "backend": results.get("backend"),
         "test_accuracy": results["test_accuracy"],
         "weights_remaining": results["weights_remaining"],
@@ -122,49 +173,71 @@ def one_run(args, method, sparsity, seed, shuffled, mask_file=""):
         "train_seconds": results.get("train_seconds"), "mask_seconds": results.get("mask_seconds"),
         "wall_seconds": wall, "run_dir": run_dir,
     }
-    for key in ("kstarts_chosen", "kstarts_fitness"):
+    for key in ("kstarts_chosen", "kstarts_fitness", "kstarts_mode", "dissipating_target"):
         if key in results:
             record[key] = results[key]
     collapsed = record["collapsed_layers"]
-    print(f"{name:42s} acc {record['test_accuracy']:.4f} kept {record['weights_remaining']:.4f} "
+    print(f"{name:48s} acc {record['test_accuracy']:.4f} kept {record['weights_remaining']:.4f} "
           f"{'%.0f s' % record['wall_seconds'] if fresh else '(read back)'}"
           f"{' collapsed ' + ','.join(collapsed) if collapsed else ''}", flush=True)
     return record
 
 
 def summarize(records, methods, sparsities):
+    """{(variant, shuffled, sparsity): (mean acc, sample std, count, mean sparsity reached)};
+    dense runs under sparsity 0."""
     import numpy as np
 
     rows = {}
     for method in methods:
         for shuffled in (False, True):
-            for sparsity in sparsities:
-                values = [r["test_accuracy"] for r in records if r["method"] == method
+            for sparsity in ([0.0] if method == "dense" else sparsities):
+                chosen = [r for r in records if r["method"] == method
                           and r["shuffled"] == shuffled and r["sparsity"] == sparsity]
+                values = [r["test_accuracy"] for r in chosen]
+                reached = [r["mask_sparsity"] for r in chosen
+                           if r.get("mask_sparsity") is not None]
                 if values:
                     rows[(method, shuffled, sparsity)] = (
                         float(np.mean(values)),
-                        float(np.std(values, ddof=1)) if len(values) > 1 else 0.0, len(values))
+                        float(np.std(values, ddof=1)) if len(values) > 1 else 0.0, len(values),
+                        float(np.mean(reached)) if reached else None)
     return rows
 
 
+def _first(rows, names, sparsity):
+    for name in names:
+        if (name, False, sparsity) in rows:
+            return name, rows[(name, False, sparsity)][0]
+    return None, None
+
+
 def claim_lines(rows, sparsities):
+    """Haroon's claim at each sparsity, for the paper's reading (continue, dissipating by a
+    fraction calibrated to the sparsity) and for the earlier rewind/forced versions."""
+    readings = [
+        ("paper's reading", ("kstarts_dissipating_calibrate", "kstarts_dissipating"),
+         ("kstarts",), ("dissipating_calibrate", "dissipating")),
+        ("earlier rewind/forced versions", ("kstarts_dissipating_rewind_reach",),
+         ("kstarts_rewind",), ("dissipating_reach",)),
+    ]
     lines = []
-    for sparsity in sparsities:
-        try:
-            combo = rows[("kstarts_dissipating", False, sparsity)][0]
-            others = {name: rows[(name, False, sparsity)][0]
-                      for name in ("kstarts", "dissipating", "random")}
-        except KeyError:
-            continue
-        beaten = [name for name, value in others.items() if combo > value]
-        verdict = "holds" if len(beaten) == 3 else "fails"
-        lines.append(f"- {sparsity:.0%} sparsity: kstarts_dissipating {100 * combo:.2f} vs "
-                     + ", ".join(f"{name} {100 * value:.2f}" for name, value in others.items())
-                     + f": the claim {verdict}"
-                     + ("" if verdict == "holds" else
-                        f" (not above {', '.join(n for n in others if n not in beaten)})")
-                     + ".")
+    for title, combos, alone_k, alone_d in readings:
+        for sparsity in sparsities:
+            combo_name, combo = _first(rows, combos, sparsity)
+            others = dict(_first(rows, names, sparsity)
+                          for names in (alone_k, alone_d, ("random",)))
+            others.pop(None, None)
+            if combo is None or len(others) < 3:
+                continue
+            beaten = [name for name, value in others.items() if combo > value]
+            verdict = "holds" if len(beaten) == 3 else "fails"
+            lines.append(f"- {title}, {sparsity:.0%} sparsity: {combo_name} {100 * combo:.2f} vs "
+                         + ", ".join(f"{name} {100 * value:.2f}" for name, value in others.items())
+                         + f": the claim {verdict}"
+                         + ("" if verdict == "holds" else
+                            f" (not above {', '.join(n for n in others if n not in beaten)})")
+                         + ".")
     return lines
 
 
@@ -176,11 +249,18 @@ def write_table(args, records, rows, methods, sparsities, command, wall_seconds)
         for shuffled in (False, True):
             cells = []
             for sparsity in sparsities:
-                if (method, shuffled, sparsity) in rows:
-                    mean, std, count = rows[(method, shuffled, sparsity)]
-                    cells.append(f"{100 * mean:.2f} ± {100 * std:.2f}")
+                key = (method, shuffled, 0.0 if method == "dense" else sparsity)
+                if key in rows:
+                    mean, std, count, reached = rows[key]
+                    cell = (f"{100 * mean:.2f} ± {100 * std:.2f}" if count > 1
+                            else f"{100 * mean:.2f} (1 seed)")
+                    if reached is not None and abs(reached - key[2]) > 5e-4:
+                        cell += f" (reached {100 * reached:.1f}%)"
+                    cells.append(cell)
                 else:
                     cells.append("-")
+            if all(cell == "-" for cell in cells):
+                continue
             lines.append(f"| {method} | {scopes.get(method, '')} | {'yes' if shuffled else 'no'} | "
                          + " | ".join(cells) + " |")
     collapsed = sorted({(r["method"], r["shuffled"], r["sparsity"], path)
@@ -189,27 +269,31 @@ def write_table(args, records, rows, methods, sparsities, command, wall_seconds)
     train_images = args.train_size or "all"
     steps = f" (at most {args.kstarts_steps} steps)" if args.kstarts_steps else ""
     knobs = [
-        ("kstarts", f"kstarts: k = {args.kstarts_k} candidates, each trained "
-                    f"{args.kstarts_epochs} epoch(s){steps}, fitness {args.kstarts_fitness}, "
-                    "then the winner's mask is trained from the initial weights"),
+        ("kstarts", f"K-starts: k = {args.kstarts_k} candidates, each trained "
+                    f"{args.kstarts_epochs} epoch(s){steps}, fitness {args.kstarts_fitness}"),
         ("dissipating", f"dissipating: removal at the end of each of the first "
-                        f"{args.dissipating_epochs} epochs, fraction "
-                        f"{args.dissipating_fraction}, geometric schedule"),
-        ("kstarts_dissipating", "kstarts_dissipating: K-starts to density (1 - sparsity) ** 0.5, "
-                                "dissipating from there"),
+                        f"{args.dissipating_epochs} epochs (after K-starts' for "
+                        f"kstarts_dissipating), fraction {args.dissipating_fraction} unless "
+                        "calibrated"),
         ("synflow", f"synflow: {args.synflow_iterations} iterations"),
         ("snip", "snip: one batch"),
         ("grasp", "grasp: one batch, temperature 200"),
     ]
+    used = {variant_method(m) for m in methods}
     text = [
         f"# Pruning at initialization: {args.model} on {args.dataset}",
         "",
         f"Test accuracy (%, full test set), mean ± sample standard deviation over seeds "
-        f"{', '.join(map(str, seeds))}; columns are sparsities (fraction of weights pruned, "
-        "over all masked kernels). \"shuffled = yes\" is the method's final mask shuffled "
+        f"{', '.join(map(str, seeds))} (a cell marked \"1 seed\" has one run); columns are "
+        "sparsities (fraction of weights pruned, over all masked kernels; \"reached\" is the sparsity a run ended at where it is not "
+        "the column's). \"shuffled = yes\" is the method's final mask shuffled "
         "within each layer (Frankle et al., 2021), trained from the same initial weights.",
         "",
         *lines,
+        "",
+        "## Variants",
+        "",
+        *[f"- {VARIANT_TEXT[m]}" for m in methods if m in VARIANT_TEXT],
         "",
         "## Training length",
         "",
@@ -218,7 +302,8 @@ def write_table(args, records, rows, methods, sparsities, command, wall_seconds)
         f"{args.batch_size}, {args.optimizer} lr {args.lr}, {args.init} initialization"
         + (": a shortened version of the Frankle & Carbin fc setting (flags/prune_init_fc.cfg "
            "trains 40 epochs on 55,000 images)." if args.model == "fc" else "."),
-        "- " + "; ".join(text for name, text in knobs if name in methods) + ".",
+        "- " + "; ".join(text for name, text in knobs
+                         if any(name in m for m in used)) + ".",
         f"- {len(records)} runs; wall time {wall_seconds / 60:.1f} minutes (the sum over "
         "runs).",
         *([f"- {args.note}"] if args.note else []),
@@ -248,24 +333,34 @@ def write_plot(args, rows, methods, sparsities):
 
     figure, axes = plt.subplots(figsize=(8, 5.5))
     colors = plt.get_cmap("tab10")
-    for method in methods:
-        index = METHODS.index(method) if method in METHODS else len(METHODS)
+    for index, method in enumerate(methods):
+        if method == "dense" and (method, False, 0.0) in rows:
+            axes.axhline(100 * rows[(method, False, 0.0)][0], color="black", linestyle=":",
+                         label="dense")
+            continue
         for shuffled in (False, True):
             points = [(s, rows[(method, shuffled, s)]) for s in sparsities
                       if (method, shuffled, s) in rows]
             if not points:
                 continue
-            xs = [100 * s for s, _ in points]
+            xs = [100 * (1 - s) for s, _ in points]  # % remaining, as the other plots
             ys = [100 * v[0] for _, v in points]
             style = "--" if shuffled else "-"
-            axes.errorbar(xs, ys, yerr=[100 * v[1] for _, v in points], color=colors(index),
+            axes.errorbar(xs, ys, yerr=[100 * v[1] for _, v in points], color=colors(index % 10),
                           linestyle="none", capsize=2)
-            axes.plot(xs, ys, color=colors(index), linestyle=style, marker="o", markersize=3,
+            axes.plot(xs, ys, color=colors(index % 10), linestyle=style, marker="o", markersize=3,
                       label=f"{method}{' (shuffled)' if shuffled else ''}")
-    axes.set_xlabel("sparsity (% of weights pruned)")
-    axes.set_ylabel("test accuracy (%), mean and standard deviation over seeds")
-    axes.set_title(f"Pruning at initialization: {args.model} on {args.dataset}")
-    axes.set_xticks([100 * s for s in sparsities])
+    axes.set_xscale("log")
+    axes.invert_xaxis()
+    axes.set_xlabel("% of weights remaining (log scale)")
+    axes.set_ylabel("test accuracy (%)")
+    axes.set_title(f"Pruning at initialization: {args.model} on {args.dataset}\n"
+                   "line: mean over seeds; error bars: one standard deviation over seeds",
+                   fontsize=9)
+    ticks = [100 * (1 - s) for s in sparsities if s < 1]
+    axes.set_xticks(ticks)
+    axes.set_xticklabels([f"{tick:g}" for tick in ticks])
+    axes.minorticks_off()
     axes.grid(alpha=0.3)
     axes.legend(fontsize=7, ncol=2, handlelength=4)
     figure.tight_layout()
@@ -308,16 +403,20 @@ def main(argv):
         args = argparse.Namespace(**settings)
         command = "\n".join(commands)
         methods = [m for m in methods if any(r["method"] == m for r in records)]
-        sparsities = sorted({r["sparsity"] for r in records})
+        sparsities = sorted({r["sparsity"] for r in records if r["method"] != "dense"})
     else:
         records = []
         for seed in seeds:
             for sparsity in sparsities:
                 for method in methods:
+                    if method == "dense" and sparsity != sparsities[0]:
+                        continue  # one unpruned run per seed
                     plain = one_run(args, method, sparsity, seed, False)
                     records.append(plain)
-                    records.append(one_run(args, method, sparsity, seed, True,
-                                           mask_file=os.path.join(plain["run_dir"], "mask.npz")))
+                    if not args.no_shuffled and method != "dense":
+                        records.append(one_run(
+                            args, method, sparsity, seed, True,
+                            mask_file=os.path.join(plain["run_dir"], "mask.npz")))
                     save_json(args, command, records)  # a killed study keeps what it ran
     wall = sum(r["wall_seconds"] or 0.0 for r in records)  # resumed studies add up
     rows = summarize(records, methods, sparsities)

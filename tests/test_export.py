@@ -219,12 +219,14 @@ def test_failed_writes_leave_no_partial_file(tmp_path, compact_file, monkeypatch
         save_compact(model, tmp_path / "new.npz", MaskOptions(mask="topk", width=0.1))
     assert sorted(os.listdir(tmp_path)) == ["mask.npz"]  # no temporary file left
 
-    def broken_export(self, path, **kwargs):
+    import tensorflow as tf
+
+    def broken_export(obj, path, **kwargs):
         with open(os.path.join(path, "saved_model.pb"), "wb") as stream:
             stream.write(b"partial")
         raise OSError("interrupted")
 
-    monkeypatch.setattr(keras.Model, "export", broken_export)
+    monkeypatch.setattr(tf.saved_model, "save", broken_export)
     with pytest.raises(OSError, match="interrupted"):
         export_lib.export_saved_model(model, tmp_path / "saved_model")
     assert sorted(os.listdir(tmp_path)) == ["mask.npz"]
@@ -237,14 +239,16 @@ def test_folded_saved_model_has_plain_masked_kernels_and_same_predictions(tmp_pa
     options = MaskOptions(mask="bernoulli", init="signed_kaiming_constant", rescale=True,
                           batchnorm="nonaffine", width=0.1)
     model = _trained(options)
-    export_lib.export_saved_model(model, tmp_path / "saved_model")
+    # mean 0, std 1/255: (images / 255 - 0) * 255 hands the inputs through unchanged.
+    export_lib.export_saved_model(model, tmp_path / "saved_model", (0.0, 1.0 / 255.0))
     reloaded = tf.saved_model.load(str(tmp_path / "saved_model"))
     x = _images(8, seed=3)
-    np.testing.assert_allclose(reloaded.serve(tf.constant(x)).numpy(), _predict(model, x),
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(reloaded.serve(tf.constant(x))["logits"].numpy(),
+                               _predict(model, x), rtol=1e-4, atol=1e-5)
     signature = reloaded.signatures["serving_default"]
-    (served,) = signature(tf.constant(x)).values()
-    np.testing.assert_allclose(served.numpy(), _predict(model, x), rtol=1e-5, atol=1e-6)
+    served = signature(images=tf.constant(x))
+    assert set(served) == {"logits", "probabilities"}
+    np.testing.assert_allclose(served["logits"].numpy(), _predict(model, x), rtol=1e-4, atol=1e-5)
     names = [variable.name for variable in reloaded.variables]
     assert not any("scores" in name or "mask" in name for name in names)
     kernels = {v.name.split(":")[0]: v.numpy() for v in reloaded.variables
@@ -365,9 +369,13 @@ def test_train_export_writes_the_folded_saved_model(finished_run):
     reloaded = tf.saved_model.load(str(finished_run / "saved_model"))
     assert not any("scores" in v.name for v in reloaded.variables)
     model = keras.saving.load_model(finished_run / "checkpoints" / "final.keras")
-    x = _images(4, (28, 28, 1))
-    np.testing.assert_allclose(reloaded.serve(tf.constant(x)).numpy(), _predict(model, x),
-                               rtol=1e-5, atol=1e-6)
+    recorded = json.loads((finished_run / "results.json").read_text())["normalization"]
+    # The run's normalisation is the sample's (Fashion-MNIST's) published constants.
+    assert recorded == {"mean": [0.286], "std": [0.353]}
+    raw = np.random.default_rng(5).integers(0, 256, (4, 28, 28, 1)).astype("uint8")
+    normalised = ((raw / 255.0 - 0.286) / 0.353).astype("float32")
+    np.testing.assert_allclose(reloaded.serve(tf.constant(raw))["logits"].numpy(),
+                               _predict(model, normalised), rtol=1e-4, atol=1e-5)
 
 
 def test_export_binary_writes_a_verified_compact_file(finished_run, tmp_path):
@@ -388,6 +396,11 @@ def test_export_binary_writes_a_verified_compact_file(finished_run, tmp_path):
 
 
 def test_export_run_refuses_a_folder_that_is_not_a_run(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not a run directory"):
+        export_run(str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        export_run(str(tmp_path / "missing"))
+    (tmp_path / "flags.txt").write_text("--model=fc\n")
     with pytest.raises(FileNotFoundError, match="has not finished"):
         export_run(str(tmp_path))
 
@@ -403,3 +416,68 @@ def test_plot_mask_sparsity_writes_a_png(finished_run, tmp_path):
     out = plot_mask_sparsity(str(finished_run), str(tmp_path / "sparsity.png"))
     assert open(out, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
     assert os.listdir(tmp_path) == ["sparsity.png"]
+
+
+def test_saved_model_serves_raw_uint8_and_float_images_with_the_normalisation_inside(tmp_path):
+    tf = pytest.importorskip("tensorflow")
+    options = MaskOptions(mask="topk", k=0.4, init="kaiming_normal", width=0.1, seed=2)
+    model = _trained(options)
+    mean, std = (0.491, 0.482, 0.447), (0.247, 0.243, 0.262)
+    export_lib.export_saved_model(model, tmp_path / "saved_model", (mean, std))
+    loaded = tf.saved_model.load(str(tmp_path / "saved_model"))
+    raw = np.random.default_rng(0).integers(0, 256, (5,) + CONV_SHAPE).astype("uint8")
+    expected = _predict(model, ((raw / 255.0 - np.array(mean)) / np.array(std)).astype("float32"))
+    for images in (tf.constant(raw), tf.constant(raw.astype("float32"))):
+        for served in (loaded.serve(images), loaded(images)):  # the object itself is callable
+            np.testing.assert_allclose(served["logits"].numpy(), expected, rtol=1e-4, atol=1e-4)
+            probabilities = served["probabilities"].numpy()
+            np.testing.assert_allclose(probabilities, tf.nn.softmax(expected).numpy(), atol=1e-5)
+    uint8_signature = loaded.signatures["serving_uint8"]
+    np.testing.assert_allclose(uint8_signature(images=tf.constant(raw))["logits"].numpy(),
+                               expected, rtol=1e-4, atol=1e-4)
+    ((name, spec),) = loaded.signatures["serving_default"].structured_input_signature[1].items()
+    assert name == "images" and spec.dtype == tf.float32
+
+
+def test_saved_model_stores_each_kernel_once(tmp_path):
+    pytest.importorskip("tensorflow")
+    model = build_model("fc", (28, 28, 1), 10, MaskOptions(mask="topk", k=0.5, width=0.5))
+    path = tmp_path / "saved_model"
+    export_lib.export_saved_model(model, path)
+    weight_bytes = sum(int(np.prod(w.shape)) * 4 for w in export_lib.fold_masks(model).weights)
+    stored = sum(f.stat().st_size for f in (path / "variables").iterdir())
+    # One float32 copy plus a small index; two copies would be twice the weights.
+    assert weight_bytes <= stored < 1.1 * weight_bytes
+
+
+def test_export_run_removes_what_it_wrote_when_verification_fails(finished_run, tmp_path,
+                                                                   monkeypatch):
+    from tf_supermask.tools import export_run as export_run_module
+
+    def wrong(path, model, images, normalization):
+        raise RuntimeError("predicts differently")
+
+    monkeypatch.setattr(export_run_module, "_verify_saved_model", wrong)
+    with pytest.raises(RuntimeError, match="predicts differently"):
+        export_run(str(finished_run), output=str(tmp_path))
+    assert os.listdir(tmp_path) == []  # the compact file written first is gone too
+    monkeypatch.undo()
+    written = export_run(str(finished_run), output=str(tmp_path))  # the same call works again
+    assert sorted(os.listdir(tmp_path)) == sorted(
+        os.path.basename(path) for path in written.values())
+
+
+def test_kernels_differ_warning_names_the_backend(finished_run, tmp_path, monkeypatch):
+    from tf_supermask.tools import export_run as export_run_module
+
+    results = json.loads((finished_run / "results.json").read_text())
+    monkeypatch.setattr(export_run_module, "run_results",
+                        lambda run_dir: dict(results, backend="jax"))
+    monkeypatch.setattr(export_run_module, "save_compact", _warns_kernels_differ)
+    with pytest.warns(UserWarning, match="trained on jax.*KERAS_BACKEND=jax"):
+        export_run(str(finished_run), ["compact"], output=str(tmp_path), verify=False)
+
+
+def _warns_kernels_differ(model, path, *args, **kwargs):
+    warnings.warn("3 of 3 kernels differ from the weights build_model(...) regenerates")
+    open(path, "wb").close()

@@ -51,20 +51,21 @@ def test_large_init_large_final_keeps_only_weights_large_at_both_ends():
     assert kept("large_init_large_final", 1, w_i, w_f) == {1}
 
 
-def test_same_sign_variants_prune_flipped_weights_first():
+def test_strict_same_sign_variants_prune_flipped_weights_first():
     # Entry 2 flips sign (0.5 -> -0.6) and entry 4 is tiny; large_final keeps 0, 2, 5.
     assert kept("large_final", 3) == {0, 2, 5}
-    assert kept("large_final_same_sign", 3) == {0, 5, 3}
+    assert kept("large_final_same_sign_strict", 3) == {0, 5, 3}
     for name in CRITERIA.names():
-        if name.endswith("_same_sign"):
+        if name.endswith("_same_sign_strict"):
             mask = kept(name, 5)
             assert 2 not in mask, name  # the only flipped weight goes first
 
 
-def test_every_criterion_is_registered_with_its_same_sign_twin():
+def test_every_criterion_is_registered_with_its_same_sign_twins():
     base = ["large_final", "small_final", "large_init", "small_init", "large_init_large_final",
             "small_init_small_final", "magnitude_increase", "movement", "random"]
-    assert sorted(CRITERIA.names()) == sorted(base + [f"{n}_same_sign" for n in base])
+    assert sorted(CRITERIA.names()) == sorted(
+        base + [f"{n}_same_sign" for n in base] + [f"{n}_same_sign_strict" for n in base])
 
 
 def test_random_criterion_is_seeded():
@@ -88,8 +89,8 @@ def test_kept_counts_per_layer_follow_the_rates_of_the_remaining_weights():
     config = LotteryConfig(prune_rate_conv=0.1, prune_rate_dense=0.2, prune_rate_output=0.1)
     masks = {p: np.ones_like(w) for p, w in initial.items()}
     for level in (1, 2, 3):
-        expected = {p: int(round(m.sum() * (1 - {"conv": .1, "dense": .2, "output": .1}[KINDS[p]])))
-                    for p, m in masks.items()}
+        rates = {p: {"conv": .1, "dense": .2, "output": .1}[KINDS[p]] for p in masks}
+        expected = {p: int(m.sum()) - int(m.sum() * rates[p] + 1e-9) for p, m in masks.items()}
         new = next_masks(config, KINDS, initial, final, masks, level)
         assert {p: int(m.sum()) for p, m in new.items()} == expected
         for path in new:  # nothing pruned earlier comes back
@@ -99,11 +100,12 @@ def test_kept_counts_per_layer_follow_the_rates_of_the_remaining_weights():
 
 def test_kept_count_global_ranks_all_layers_together():
     initial, final = _layers(0), _layers(1)
-    config = LotteryConfig(prune_scope="global", prune_rate=0.3, criterion="large_final")
+    config = LotteryConfig(prune_scope="global", prune_rate=0.3, criterion="large_final",
+                           prune_output_layer="true")
     masks = {p: np.ones_like(w) for p, w in initial.items()}
     new = next_masks(config, KINDS, initial, final, masks, 1)
     total = sum(w.size for w in initial.values())
-    assert sum(int(m.sum()) for m in new.values()) == round(total * 0.7)
+    assert sum(int(m.sum()) for m in new.values()) == total - int(np.ceil(total * 0.3))
     threshold = min(np.abs(final[p])[new[p] > 0].min() for p in new)
     assert all(np.all(np.abs(final[p])[new[p] == 0] <= threshold) for p in new)
 

@@ -174,7 +174,8 @@ def test_every_method_hits_the_exact_sparsity(sample, scope):
     for method in METHODS:
         keras.utils.set_random_seed(0)
         model = tiny_model(sample)
-        options = fast_options(method=method, sparsity=sparsity, scope=scope)
+        options = fast_options(method=method, sparsity=sparsity, scope=scope,
+                               dissipating_target="reach")
         data = batches(sample)
         masks, _ = compute_masks(model, data, options)
         callback = PRUNE_METHODS.get(method).callback(options)
@@ -228,7 +229,7 @@ def test_kstarts_keeps_the_fittest_candidate(sample, fitness):
     initial = [keras.ops.convert_to_numpy(v).copy() for v in model.weights]
     masks, info = kstarts_masks(model, batches(sample), sparsity=0.7, scope="layer", k=3,
                                 epochs=1, fitness=fitness, seed=5, steps_per_epoch=2,
-                                gradient_batches=2, rewind=True)
+                                gradient_batches=2, mode="rewind")
     expected = kstarts_fitness(info["kstarts_magnitude"], info["kstarts_gradient"], fitness)
     np.testing.assert_allclose(info["kstarts_fitness"], expected)
     assert info["kstarts_chosen"] == int(np.argmax(expected))
@@ -243,13 +244,14 @@ def test_kstarts_keeps_the_fittest_candidate(sample, fitness):
             np.testing.assert_array_equal(keras.ops.convert_to_numpy(variable), value)
 
 
-def test_kstarts_without_rewind_keeps_the_winners_trained_weights(sample):
+def test_kstarts_continue_keeps_the_winners_trained_weights(sample):
     keras.utils.set_random_seed(0)
     model = tiny_model(sample)
     initial = {layer.kernel_variable.path: keras.ops.convert_to_numpy(layer.kernel_variable)
                for layer in model.layers if isinstance(layer, MaskedDense)}
     masks, info = kstarts_masks(model, batches(sample), sparsity=0.7, k=2, fitness="magnitude",
-                                seed=1, steps_per_epoch=2, gradient_batches=1, rewind=False)
+                                seed=1, steps_per_epoch=2, gradient_batches=1,
+                                mode="continue")
     chosen = info["kstarts_chosen"]
     for index, path in enumerate(info["kstarts_layers"]):
         layer = next(l for l in model.layers if getattr(l, "kernel_variable", None) is not None
@@ -310,7 +312,7 @@ def test_dissipating_callback_prunes_during_the_first_epochs(sample):
     keras.utils.set_random_seed(0)
     model = tiny_model(sample)
     callback = DissipatingCallback(sparsity=0.9, scope="layer", epochs=2, fraction=0.5,
-                                   schedule="geometric")
+                                   schedule="geometric", target="reach")
     callback.start(model)
     model.fit(batches(sample), epochs=3, steps_per_epoch=2, verbose=0, shuffle=False,
               callbacks=[callback])
@@ -376,7 +378,8 @@ def test_shuffled_dissipating_searches_then_rewinds(sample):
     before = [keras.ops.convert_to_numpy(v).copy() for v in model.weights
               if "mask" not in v.path]
     masks, info = compute_masks(model, batches(sample),
-                                fast_options(method="dissipating", sparsity=0.8, shuffle=True),
+                                fast_options(method="dissipating", sparsity=0.8, shuffle=True,
+                                             dissipating_target="reach"),
                                 steps_per_epoch=2)
     assert len(info["dissipating_log"]) == 1
     after = [keras.ops.convert_to_numpy(v) for v in model.weights if "mask" not in v.path]
@@ -394,6 +397,12 @@ def test_shuffled_dissipating_searches_then_rewinds(sample):
     (dict(train_weights="false"), "--train_weights must be true"),
     (dict(method="dissipating", dissipating_epochs=5, epochs=3), "cannot exceed --epochs"),
     (dict(kstarts_k=0), "--kstarts_k must be at least 1"),
+    (dict(method="kstarts", kstarts_epochs=4, epochs=3), "count inside --epochs"),
+    (dict(method="kstarts_dissipating", kstarts_epochs=2, dissipating_epochs=2, epochs=3),
+     "after --kstarts_epochs"),
+    (dict(method="kstarts", kstarts_steps=5), "use it with --kstarts_mode=rewind"),
+    (dict(kstarts_mode="restart"), "--kstarts_mode must be one of continue, rewind"),
+    (dict(dissipating_target="exact"), "--dissipating_target must be one of"),
     (dict(scope="net"), "--scope must be one of auto, layer, global"),
 ])
 def test_bad_settings_raise(overrides, message):
@@ -426,7 +435,8 @@ def test_run_directory_holds_the_mask_and_the_method_facts(tmp_path, sample):
     settings = dict(model="fc", width=0.05, dataset="sample", train_size=256, batch_size=64,
                     epochs=2, verbose=0, optimizer="adam", lr=1e-2, sparsity=0.9,
                     dissipating_epochs=1, kstarts_k=2, kstarts_steps=2,
-                    kstarts_gradient_batches=1)
+                    kstarts_gradient_batches=1, kstarts_mode="rewind",
+                    dissipating_target="reach")
     run = tmp_path / "run"
     results = prune_init(PruneInitConfig(method="kstarts_dissipating", run_dir=str(run),
                                          **settings))
@@ -482,7 +492,7 @@ data = ArrayBatches(rng.integers(0, 255, (128, 28, 28, 1), dtype=np.uint8),
 net = build_model("fc", (28, 28, 1), 10, MaskOptions(mask="fixed", width=0.05))
 net.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
 masks, info = kstarts_masks(net, data, 0.5, k=2, steps_per_epoch=1, gradient_batches=1)
-callback = DissipatingCallback(0.9, epochs=1)
+callback = DissipatingCallback(0.9, epochs=1, target="reach")
 callback.start(net)
 net.fit(data, epochs=1, steps_per_epoch=1, verbose=0, callbacks=[callback])
 out["kept"] = {p: [int(m.sum()), int(m.size)] for p, m in get_masks(net).items()}

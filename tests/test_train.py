@@ -29,14 +29,23 @@ def tiny(tmp_path, **overrides):
 
 
 class StopAfterEpoch(keras.callbacks.Callback):
-    """Simulates a killed job: raises after the given epoch has been backed up."""
+    """Simulates a killed job: raises after the given epoch has been backed up (the
+    backup is the last epoch-end callback, so this raises at the next hook)."""
 
     def __init__(self, epoch):
         super().__init__()
         self.epoch = epoch
+        self.ended = None
 
     def on_epoch_end(self, epoch, logs=None):
-        if epoch == self.epoch:
+        self.ended = epoch
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == self.epoch + 1:
+            raise KeyboardInterrupt("killed")
+
+    def on_train_end(self, logs=None):
+        if self.ended == self.epoch:
             raise KeyboardInterrupt("killed")
 
 
@@ -118,7 +127,7 @@ def test_interrupted_run_resumes_where_it_stopped(tmp_path):
     assert not (run_dir / RESULTS_FILE).exists()
     results = train(config)
     assert results["resumed"]
-    assert len(results["history"]["loss"]) == 1  # only the third epoch was left
+    assert len(results["history"]["loss"]) == 3  # the backup holds the first two epochs
     epochs = [line.split(",")[0] for line in (run_dir / "metrics.csv").read_text().splitlines()[1:]
               if not line.startswith("epoch")]
     assert epochs == ["0", "1", "2"]
@@ -270,7 +279,7 @@ def test_unreadable_resume_checkpoint_restarts_instead_of_failing(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         train(config, callbacks=[StopAfterEpoch(0)])
     backup = run_dir / "checkpoints" / "backup"
-    (backup / "latest.weights.h5").write_bytes(b"\x89HDF\r\n\x1a\ncut short")  # killed mid-write
-    with pytest.warns(UserWarning, match="unreadable resume checkpoint"):
+    (backup / "epoch_1.weights.h5").write_bytes(b"\x89HDF\r\n\x1a\ncut short")  # damaged
+    with pytest.warns(UserWarning, match="damaged resume checkpoint"):
         results = train(config)
     assert 0.0 <= results["test_accuracy"] <= 1.0

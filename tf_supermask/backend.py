@@ -38,6 +38,75 @@ def histogram(ids, size, weights=None):
     raise NotImplementedError(f"histogram is not implemented for the {_backend()} backend")
 
 
+def read(value):
+    """A variable's current value as a plain tensor (autocast as usual); tensors pass through.
+
+    ``keras.ops.convert_to_tensor`` may hand back the backend variable itself,
+    which TensorFlow's custom gradients treat as a captured variable.
+    """
+    value = ops.convert_to_tensor(value)
+    if _backend() == "tensorflow":
+        import tensorflow as tf
+
+        return tf.convert_to_tensor(value)
+    return value
+
+
+def compiled(function):
+    """`function` compiled once per input shape under JAX (eager JAX would compile every
+    op on its own), unchanged under TensorFlow; inside a traced step it is inlined."""
+    if _backend() == "jax":
+        import jax
+
+        return jax.jit(function)
+    return function
+
+
+def compact(values, condition):
+    """(values[condition], positions of those entries), in order, for 1-D inputs.
+
+    The result's length depends on the data, so this works eagerly and in a
+    TensorFlow graph but not under ``jax.jit``; callers pick another path there.
+    """
+    if _backend() == "tensorflow":
+        import tensorflow as tf
+
+        positions = tf.where(condition)[:, 0]
+        return tf.gather(values, positions), positions
+    if _backend() == "jax":
+        import jax.numpy as jnp
+
+        positions = jnp.flatnonzero(condition)
+        return values[positions], positions
+    raise NotImplementedError(f"compact is not implemented for the {_backend()} backend")
+
+
+def supports_dynamic_shapes():
+    """Whether ops traced here may have data-dependent shapes (TensorFlow outside XLA)."""
+    if _backend() != "tensorflow":
+        return False
+    import tensorflow as tf
+
+    try:
+        from tensorflow.python.ops import control_flow_util
+    except ImportError:  # private module moved: assume XLA when asked for it anywhere
+        return not tf.config.optimizer.get_jit()
+    return not control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
+
+
+def platform():
+    """"gpu", "tpu" or "cpu": where the backend runs compiled steps by default."""
+    if _backend() == "jax":
+        import jax
+
+        return jax.default_backend()
+    if _backend() == "tensorflow":
+        import tensorflow as tf
+
+        return "gpu" if tf.config.list_logical_devices("GPU") else "cpu"
+    return "cpu"
+
+
 def gradient_function(loss_fn, variables, compile=False):
     """A function ``f(*args) -> (loss_fn(*args), [d loss / d v for v in variables])``.
 

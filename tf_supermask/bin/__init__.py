@@ -1,1 +1,55 @@
-"""Thin absl binaries over the library."""
+"""Thin absl binaries over the library.
+
+Importing any of them first quiets TensorFlow's C++ logging (start-up notices, the
+``cuInit`` error of a machine without a GPU, "Local rendezvous is aborting" at the
+end of each epoch's data), before TensorFlow is imported; ``--verbose=3`` on the
+command line or in a flagfile keeps it, and so does a ``TF_CPP_MIN_LOG_LEVEL``
+already set in the environment. absl's and Python's warnings are quieted once the
+flags are parsed (``tf_supermask.bin.common.run_main``).
+"""
+
+import contextlib
+import os
+import sys
+
+
+def debug_requested(argv):
+    """Whether `argv` (or a flagfile it names, one level deep) asks for --verbose=3."""
+    for arg in argv[1:]:
+        if arg == "--verbose=3":
+            return True
+        if arg.startswith("--flagfile="):
+            try:
+                with open(os.path.expanduser(arg.split("=", 1)[1])) as stream:
+                    if any(line.strip() == "--verbose=3" for line in stream):
+                        return True
+            except OSError:
+                pass  # absl reports a missing flagfile itself
+    return False
+
+
+@contextlib.contextmanager
+def stderr_to_devnull():
+    """Sends file descriptor 2 to /dev/null for the block (C++ libraries write there
+    directly, past sys.stderr)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    os.close(devnull)
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+DEBUG = debug_requested(sys.argv)
+if not DEBUG and "TF_CPP_MIN_LOG_LEVEL" not in os.environ:
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    # Some start-up notices ("Could not find cuda drivers", "All log messages before
+    # absl::InitializeLog()") ignore TF_CPP_MIN_LOG_LEVEL: Keras (and with it the
+    # backend) is imported here with stderr closed. An import error is still raised.
+    with stderr_to_devnull():
+        import keras  # noqa: F401

@@ -15,6 +15,7 @@ import sys
 
 from absl import app, flags
 
+from tf_supermask.bin.common import run_main
 from tf_supermask.tools.batch import JobListError, parse_extra_flags, read_job_list, run_batch, select_jobs
 
 flags.DEFINE_string("output", "", "Folder of the run directories, logs and summary.csv/.md.")
@@ -49,7 +50,7 @@ def main(argv):
 
 
 def run():
-    app.run(main)
+    run_main(main)
 
 
 if __name__ == "__main__":

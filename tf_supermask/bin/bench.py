@@ -1,4 +1,5 @@
-"""tf-supermask-bench: training images/s per model and mask mode, and the masked/dense ratio.
+"""tf-supermask-bench: training images/s per model and mask mode, and the masked/dense ratio,
+for the bare training step and for whole epochs through the input pipeline.
 
     tf-supermask-bench --models=fc,conv2,conv4,conv6 --masks=dense,bernoulli,topk,fixed \
         --output=runs/results/bench_cpu.json
@@ -7,8 +8,9 @@
 import json
 import os
 
-from absl import app, flags
+from absl import flags
 
+from tf_supermask.bin.common import run_main
 from tf_supermask.tools.benchmark import run_benchmark
 
 flags.DEFINE_list("models", ["fc", "conv2", "conv4", "conv6"], "Registered models to measure.")
@@ -19,13 +21,24 @@ flags.DEFINE_integer("repeats", 3, "Interleaved timed rounds per mode; the faste
 flags.DEFINE_float("k", 0.5, "Fraction of weights kept by topk.")
 flags.DEFINE_enum("jit_compile", "auto", ["auto", "true", "false"], "XLA compilation.")
 flags.DEFINE_string("output", "", "Write the records as JSON here.")
+flags.DEFINE_boolean("epochs", True, "Also time whole epochs through the input pipeline.")
+flags.DEFINE_enum("input_pipeline", "host", ["host", "device"],
+                  "Input pipeline of the epoch timing: host (NumPy) or device.")
+flags.DEFINE_boolean("mixed_precision", False, "mixed_float16 (TF) / mixed_bfloat16 (JAX).")
+flags.DEFINE_integer("steps_per_execution", 1, "Training steps per compiled call.")
+flags.DEFINE_string("topk_method", "auto", "Exact top-k select: auto (per backend and size), "
+                    "sort, radix, count or bucket (TensorFlow only).")
 FLAGS = flags.FLAGS
 
 
 def main(argv):
     del argv
     records = run_benchmark(FLAGS.models, FLAGS.masks, FLAGS.batch_size, FLAGS.steps,
-                            FLAGS.repeats, FLAGS.k, FLAGS.jit_compile)
+                            FLAGS.repeats, FLAGS.k, FLAGS.jit_compile, epochs=FLAGS.epochs,
+                            input_pipeline=FLAGS.input_pipeline,
+                            mixed_precision=FLAGS.mixed_precision,
+                            steps_per_execution=FLAGS.steps_per_execution,
+                            topk_method=FLAGS.topk_method)
     if FLAGS.output:
         os.makedirs(os.path.dirname(os.path.abspath(FLAGS.output)), exist_ok=True)
         with open(FLAGS.output, "w") as stream:
@@ -34,7 +47,7 @@ def main(argv):
 
 
 def run():
-    app.run(main)
+    run_main(main)
 
 
 if __name__ == "__main__":

@@ -1,27 +1,111 @@
-"""What every configuration-driven binary shares: flags from a config dataclass, one call."""
+"""What every configuration-driven binary shares: flags from a config dataclass, one call,
+and user errors as one line instead of a traceback."""
+
+import signal
+import sys
 
 from absl import app
 
+from tf_supermask.bin import DEBUG
+from tf_supermask.bin.help import help_requested, print_help_and_exit
 from tf_supermask.config import define_flags, from_flags
-from tf_supermask.training.run_dir import RunDirError
+
+# Errors a user can cause and fix: bad flags and data files and refused run directories
+# (ValueError, RunDirError among them), full or read-only disks (OSError), a diverged
+# loss (FloatingPointError, DivergedError among them). The binaries print their message
+# on one line, without a traceback. Named by their builtin bases, so that importing this
+# module (the batch runner does) does not import Keras.
+USER_ERRORS = (ValueError, OSError, FloatingPointError)
 
 
-def config_app(config_class, run_config):
+def error_message(error):
+    """One line saying what went wrong, for a user error."""
+    if isinstance(error, OSError) and error.strerror:
+        where = f": {error.filename}" if error.filename else ""
+        return f"{error.strerror}{where}"
+    return " ".join(str(error).split("\n")[0].split()) or type(error).__name__
+
+
+def quiet_logs():
+    """Unless --verbose=3: only errors from absl logging (TensorFlow's Python messages,
+    e.g. export's "Assets written to" temporary paths), no Keras/TensorFlow warnings."""
+    if DEBUG:
+        return
+    import logging
+    import warnings
+
+    from absl import logging as absl_logging
+
+    absl_logging.set_verbosity(absl_logging.ERROR)
+    for name in ("tensorflow", "jax"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", module=r"(keras|tensorflow|absl|jax|tensorflow_datasets)\b")
+
+
+def describe_models():
+    """--model's help lists the registered models (from the registry, so none is missed)."""
+    from absl import flags
+
+    if "model" in flags.FLAGS:
+        from tf_supermask.models import MODELS
+
+        flags.FLAGS["model"].help = f"Registered model: {', '.join(MODELS.names())}."
+
+
+def _terminate(signum, frame):
+    """SIGTERM as an exception, so temporary files are cleaned up on the way out."""
+    raise SystemExit(128 + signum)
+
+
+def run_main(main, module=None, config_class=None):
+    """Runs `main(argv)` as an absl app: user errors and Ctrl-C end it with one line on
+    stderr (exit status 1, 130 for Ctrl-C), SIGTERM cleans up before exiting.
+
+    ``--help`` prints the docstring of `module` (default: the one defining `main`) and
+    its flags in groups (those of `config_class` too), then exits 0.
+    """
+    if help_requested(sys.argv):
+        print_help_and_exit(module or sys.modules[main.__module__], config_class)
+
+    def guarded(argv):
+        quiet_logs()
+        try:
+            return main(argv)
+        except app.UsageError:
+            raise
+        except KeyboardInterrupt:
+            sys.stderr.write("interrupted; run the same command again to resume\n")
+            sys.exit(130)
+        except USER_ERRORS as error:
+            sys.stderr.write(f"error: {error_message(error)}\n")
+            sys.exit(1)
+
+    signal.signal(signal.SIGTERM, _terminate)
+    app.run(guarded)
+
+
+def config_app(config_class, run_config, module=None):
     """Defines `config_class`'s flags; returns (main, run) for an absl app calling run_config.
 
-    Bad flags, refused run directories and missing data become usage errors.
+    Bad flags, refused run directories, bad data files, full or read-only disks and a
+    diverged loss end the binary with a one-line message. `module` (default: the
+    caller's) is the binary's module, whose docstring ``--help`` prints.
     """
+    module = module or sys.modules[sys._getframe(1).f_globals["__name__"]]
     define_flags(config_class)
+    describe_models()
 
     def main(argv):
         if len(argv) > 1:
-            raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+            raise app.UsageError(f"unexpected arguments: {argv[1:]} (every flag, on the command "
+                                 "line or in a --flagfile, is --name=value; these are not)")
         try:
-            run_config(from_flags(config_class))
-        except (RunDirError, ValueError, FileNotFoundError) as error:
-            raise app.UsageError(str(error)) from None
+            config = from_flags(config_class)
+        except (ValueError, TypeError) as error:
+            raise app.UsageError(error_message(error)) from None
+        run_config(config)
 
     def run():
-        app.run(main)
+        run_main(main, module, config_class)
 
     return main, run

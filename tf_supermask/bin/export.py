@@ -3,17 +3,24 @@
     tf-supermask-export runs/quickstart                       # saved_model/ and supermask.npz
     tf-supermask-export runs/quickstart --format=compact --output=/tmp/ticket
 
-Reads <RUN_DIR>/checkpoints/final.keras and the run's flags.txt, and writes
-into --output (default: the run directory):
+Reads <RUN_DIR>/checkpoints/final.keras, the run's flags.txt and results.json,
+and writes into --output (default: the run directory):
   saved_model/    a SavedModel with the masks folded into plain kernels (zeros
-                  where pruned, no scores) and a `serve` signature;
+                  where pruned, no scores, one copy of each kernel). Call the
+                  loaded object (or its `serve`, or the `serving_default`
+                  signature) on raw NHWC images named `images`, uint8 or float
+                  in [0, 255]: the run's normalisation is inside, and it returns
+                  {"logits", "probabilities"};
   supermask.npz   the compact file: model name, options and seed, bit-packed
                   masks, and only the variables that training changed; load it
                   with tf_supermask.export.load_compact on the same backend.
-Each output is reloaded and checked against the run's model unless --noverify.
+Each output is reloaded and checked against the run's model unless --noverify;
+if a check fails, what was written is removed, so the command can run again.
 """
 
 from absl import app, flags
+
+from tf_supermask.bin.common import run_main
 
 flags.DEFINE_enum("format", "both", ["saved_model", "compact", "both"], "What to write.")
 flags.DEFINE_string("output", "", "Folder receiving saved_model/ and supermask.npz "
@@ -32,18 +39,19 @@ def main(argv):
     from tf_supermask.tools.export_run import export_run
 
     formats = ("saved_model", "compact") if FLAGS.format == "both" else (FLAGS.format,)
+    # A missing run, existing outputs and failed checks end it with one line (run_main).
     try:
         written = export_run(argv[1], formats, output=FLAGS.output or None,
                              overwrite=FLAGS.overwrite, verify=FLAGS.verify,
                              allow_kernels=FLAGS.allow_kernels)
-    except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as error:
-        raise app.UsageError(str(error)) from None
+    except RuntimeError as error:  # a failed check (what was written is removed)
+        raise ValueError(str(error)) from None
     for path in written.values():
         print(path)
 
 
 def run():
-    app.run(main)
+    run_main(main)
 
 
 if __name__ == "__main__":

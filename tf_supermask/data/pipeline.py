@@ -16,6 +16,17 @@ CROP_PADDING = 4  # pixels of zero padding around each image before a random cro
 Normalization = Tuple[Union[float, Sequence[float]], Union[float, Sequence[float]]]
 
 
+def crop_and_flip_draws(batch_size: int, rng: np.random.Generator,
+                        padding: int = CROP_PADDING) -> Tuple[np.ndarray, np.ndarray]:
+    """The random draws of `random_crop_and_flip`, in its order: (offsets, flips).
+
+    An offset in [0, (2 * padding + 1)**2) encodes (top, left) as
+    ``divmod(offset, 2 * padding + 1)``; flips are booleans.
+    """
+    offsets = rng.integers(0, (2 * padding + 1) ** 2, size=batch_size)
+    return offsets, rng.random(batch_size) < 0.5
+
+
 def random_crop_and_flip(images: np.ndarray, rng: np.random.Generator,
                          padding: int = CROP_PADDING) -> np.ndarray:
     """The standard CIFAR augmentation, vectorised over a batch.
@@ -40,8 +51,8 @@ def random_crop_and_flip(images: np.ndarray, rng: np.random.Generator,
                       images.dtype)
     padded[:, padding:padding + height, padding:padding + width] = images
     offsets_per_axis = 2 * padding + 1
-    offsets = rng.integers(0, offsets_per_axis ** 2, size=batch_size)
-    flipped = np.flatnonzero(rng.random(batch_size) < 0.5)
+    offsets, flips = crop_and_flip_draws(batch_size, rng, padding)
+    flipped = np.flatnonzero(flips)
     cropped = np.empty_like(images)
     for offset in np.unique(offsets):
         same_offset = np.flatnonzero(offsets == offset)

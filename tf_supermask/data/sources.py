@@ -12,6 +12,7 @@ import hashlib
 import importlib.resources
 import os
 import warnings
+import zipfile
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -200,6 +201,11 @@ def load_dataset(
         if os.path.isfile(npz_path):
             dataset = load_npz(npz_path, name=name)
         else:
+            if not tfds_data_present(name, data_dir):
+                # TFDS would wait minutes on a network that is not there: say it at once.
+                problem = network_problem()
+                if problem:
+                    raise DatasetNotFoundError(_offline_message(name, npz_path, problem))
             try:
                 dataset = load_tfds(name, data_dir=data_dir)
             except Exception as error:  # any TFDS failure means "not available here"
@@ -241,13 +247,45 @@ def load_npz(path: str, name: Optional[str] = None) -> Dataset:
             f"no .npz file at {path}; it must hold {_npz_layout()}"
         )
     name = name or os.path.splitext(os.path.basename(path))[0]
-    with np.load(path, allow_pickle=False) as contents:
-        missing = [key for key in NPZ_KEYS if key not in contents]
-        if missing:
-            raise ValueError(f"{path} lacks the keys {missing}; it must hold {_npz_layout()}")
-        arrays = {key: contents[key] for key in NPZ_KEYS}
-        class_names = contents["class_names"].tolist() if "class_names" in contents else None
+    arrays, class_names = _read_npz(path)
     return _make_dataset(name, arrays, class_names, source=f"npz:{path}")
+
+
+def _read_npz(path: str):
+    """({key: array} of NPZ_KEYS, class_names or None) from the .npz file at `path`.
+
+    Whatever is wrong with the file (empty, random bytes, truncated, a single
+    ``.npy`` array, missing keys, unreadable members) becomes one ``ValueError``
+    naming the file and the problem, never NumPy's or zipfile's traceback.
+    """
+    def bad(problem):
+        return ValueError(f"{path} is not a usable .npz dataset: {problem}; it must hold "
+                          f"{_npz_layout()}")
+
+    if os.path.getsize(path) == 0:
+        raise bad("the file is empty")
+    with open(path, "rb") as stream:
+        magic = stream.read(6)
+    if magic == b"\x93NUMPY":
+        raise bad("it is a single .npy array, not an .npz archive of named arrays")
+    if not magic.startswith(b"PK"):
+        raise bad("it is not a zip archive (as np.savez writes)")
+    try:
+        with np.load(path, allow_pickle=False) as contents:
+            missing = [key for key in NPZ_KEYS if key not in contents.files]
+            if missing:
+                raise bad(f"it lacks the keys {missing} (it holds {sorted(contents.files)})")
+            arrays = {key: contents[key] for key in NPZ_KEYS}
+            class_names = (contents["class_names"].tolist() if "class_names" in contents.files
+                           else None)
+    except ValueError as error:
+        if str(error).startswith(path):
+            raise
+        raise bad(f"an array could not be read ({error})") from None
+    except (OSError, EOFError, zipfile.BadZipFile, KeyError) as error:
+        raise bad(f"the archive is truncated or damaged ({type(error).__name__}: {error})") \
+            from None
+    return arrays, class_names
 
 
 class ImageFolderError(ValueError):
@@ -467,6 +505,78 @@ def _load_named_image_folder(name: str, data_dir: Optional[str]) -> Dataset:
         f"  * or write {name}.npz with the keys {_npz_layout()} into that directory.")
 
 
+# What the offline check connects to: TFDS's downloads and metadata come from Google
+# Cloud Storage. $TF_SUPERMASK_NETWORK_CHECK ("host:port") names another host (a mirror;
+# tests use a closed local port).
+NETWORK_CHECK_ADDRESS = ("storage.googleapis.com", 443)
+NETWORK_CHECK_ENV_VAR = "TF_SUPERMASK_NETWORK_CHECK"
+NETWORK_CHECK_SECONDS = 3.0
+
+
+def tfds_data_dir(data_dir: Optional[str] = None) -> str:
+    """The folder TFDS reads and writes: `data_dir`, else $TFDS_DATA_DIR, else
+    ~/tensorflow_datasets."""
+    folder = data_dir or os.environ.get("TFDS_DATA_DIR") or os.path.join("~",
+                                                                         "tensorflow_datasets")
+    return os.path.expanduser(folder)
+
+
+def tfds_data_present(name: str, data_dir: Optional[str] = None) -> bool:
+    """Whether TFDS has prepared `name` in its data folder (a version folder holding
+    dataset_info.json), so that loading it needs no network."""
+    folder = os.path.join(tfds_data_dir(data_dir), name)
+    for root, _, files in os.walk(folder):
+        if "dataset_info.json" in files and "incomplete" not in root:
+            return True
+    return False
+
+
+def network_problem(address=None, timeout: Optional[float] = None) -> Optional[str]:
+    """None if a TCP connection to `address` (TFDS's storage host) opens within
+    `timeout` seconds, else what went wrong, in words."""
+    import socket
+
+    if address is None and os.environ.get(NETWORK_CHECK_ENV_VAR):
+        host, _, port = os.environ[NETWORK_CHECK_ENV_VAR].rpartition(":")
+        address = (host, int(port))
+    host, port = address or NETWORK_CHECK_ADDRESS
+    try:
+        with socket.create_connection((host, port), timeout=timeout or NETWORK_CHECK_SECONDS):
+            return None
+    except OSError as error:
+        return f"{host}:{port} cannot be reached ({error.strerror or error})"
+
+
+def _offline_message(name: str, npz_path: str, problem: str) -> str:
+    # One line: the binaries print an error's first line.
+    return (f"dataset {name!r} is not available offline and there is no network for TFDS "
+            f"({problem}): write {name}.npz ({_npz_layout()}) to {npz_path} (the folder of "
+            f"--data_dir, else ${DATA_DIR_ENV_VAR}, else {DEFAULT_DATA_DIR}), or run once with a "
+            f"network so that TFDS downloads it into {tfds_data_dir()} (or --data_dir)")
+
+
+def _remove_partial_downloads(folder: str, before: set):
+    """Removes what a failed TFDS load left in `folder` that was not in `before`
+    (unfinished ``incomplete.*`` / ``*.tmp`` folders and files, a new dataset folder)."""
+    import shutil
+
+    if not os.path.isdir(folder):
+        return
+    for entry in set(os.listdir(folder)) - before:
+        path = os.path.join(folder, entry)
+        if os.path.isdir(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            try:
+                os.remove(path)
+            except OSError:
+                pass
+
+
+def _entries(folder: str) -> set:
+    return set(os.listdir(folder)) if os.path.isdir(folder) else set()
+
+
 def load_tfds(name: str, data_dir: Optional[str] = None) -> Dataset:
     """Loads a dataset with TensorFlow Datasets, downloading it if needed.
 
@@ -491,10 +601,23 @@ def load_tfds(name: str, data_dir: Optional[str] = None) -> Dataset:
             tf.config.set_visible_devices([], "GPU")
         except RuntimeError:  # TensorFlow already initialised its devices
             pass
-    (train, test), info = tfds.load(
-        name, split=["train", "test"], data_dir=data_dir, batch_size=-1,
-        as_supervised=True, with_info=True,
-    )
+    root = tfds_data_dir(data_dir)
+    watched = {os.path.join(root, name): None, os.path.join(root, "downloads"): None}
+    watched = {folder: _entries(folder) for folder in watched}
+    created_root = not os.path.isdir(root)
+    try:
+        (train, test), info = tfds.load(
+            name, split=["train", "test"], data_dir=data_dir, batch_size=-1,
+            as_supervised=True, with_info=True,
+        )
+    except BaseException:
+        for folder, before in watched.items():  # no partial downloads stay behind
+            _remove_partial_downloads(folder, before)
+        if created_root:
+            import shutil
+
+            shutil.rmtree(root, ignore_errors=True)
+        raise
     (x_train, y_train), (x_test, y_test) = tfds.as_numpy((train, test))
     arrays = {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test}
     return _make_dataset(name, arrays, info.features["label"].names, source="tfds")
@@ -597,7 +720,7 @@ def _make_dataset(
     """Validates raw split arrays and wraps them in a `Dataset`."""
     images = {split: _as_nhwc_uint8(arrays[f"x_{split}"], f"{source} x_{split}")
               for split in ("train", "test")}
-    labels = {split: np.asarray(arrays[f"y_{split}"]).reshape(-1).astype(np.int64)
+    labels = {split: _as_int_labels(arrays[f"y_{split}"], f"{source} y_{split}")
               for split in ("train", "test")}
     for split in ("train", "test"):
         if len(images[split]) != len(labels[split]):
@@ -636,6 +759,25 @@ def _num_classes(name: str, labels: Dict[str, np.ndarray], class_names) -> int:
         if split_labels.size and not 0 <= split_labels.min() <= split_labels.max() < num_classes:
             raise ValueError(f"{name!r}: y_{split} labels must lie in [0, {num_classes})")
     return num_classes
+
+
+def _as_int_labels(labels: np.ndarray, what: str) -> np.ndarray:
+    """Labels as int64 of shape (N,); fractional or non-numeric labels are refused rather
+    than silently truncated."""
+    labels = np.asarray(labels)
+    if labels.ndim > 1 and labels.size != labels.shape[0]:
+        raise ValueError(f"{what}: expected one integer label per image, got shape "
+                         f"{labels.shape}")
+    labels = labels.reshape(-1)
+    if labels.dtype.kind in "iu":
+        return labels.astype(np.int64)
+    if labels.dtype.kind == "f":
+        bad = labels[~(np.isfinite(labels) & (labels == np.round(labels)))]
+        if not bad.size:
+            return labels.astype(np.int64)
+        raise ValueError(f"{what}: labels must be whole numbers, got {bad[0]!r} "
+                         f"({bad.size} such labels)")
+    raise ValueError(f"{what}: labels must be integers, got dtype {labels.dtype}")
 
 
 def _as_nhwc_uint8(images: np.ndarray, what: str) -> np.ndarray:

@@ -280,6 +280,8 @@ def check_dense_run(config, dense_run):
 
     flags_path = os.path.join(dense_run, run_dir_lib.FLAGS_FILE)
     results_path = os.path.join(dense_run, run_dir_lib.RESULTS_FILE)
+    if not os.path.isdir(dense_run):
+        raise ValueError(f"--dense_run={dense_run} does not exist")
     if not os.path.exists(flags_path):
         raise ValueError(f"--dense_run={dense_run} is not a run directory (no "
                          f"{run_dir_lib.FLAGS_FILE})")

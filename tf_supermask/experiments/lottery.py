@@ -13,11 +13,23 @@ Level 0 trains the dense network (all-ones mask). Level L > 0 scores the
 weights of level L-1 with the mask criterion (initial vs final values), keeps
 the highest-scoring fraction of the weights level L-1 kept, puts the kept
 weights back to their rewind values (or re-initializes them) and retrains. A
-restarted experiment skips the levels whose ``results.json`` exists and
-resumes the interrupted one.
+restarted experiment skips the levels whose ``results.json`` exists (written
+once, complete, when the level ends) and resumes the interrupted one from its
+last finished epoch.
+
+Late rewinding (``--rewind=step:N`` / ``epoch:N``) follows open_lth: every level
+after the dense one starts from the weights saved at step N with a fresh
+optimizer (step count 0, zero slots) and trains the steps N..T of the dense run
+(T = epochs x steps per epoch), not T more: the learning-rate schedule is read N
+steps ahead, so the first step gets the schedule's rate at step N, and the
+batches are those the dense run saw from step N on (the rest of its epoch, then
+the following epochs). Fresh Adam moments restart their bias correction at 1,
+as a fresh PyTorch optimizer does. This does not depend on
+``--untrained_eval``.
 """
 
 import dataclasses
+import math
 import os
 import re
 import warnings
@@ -52,16 +64,29 @@ class LotteryConfig(TrainConfig):
     prune_rate_dense: float = option(0.2, "Same for hidden dense layers.")
     prune_rate_output: float = option(0.1, "Same for the output layer.")
     prune_rate: float = option(0.2, "Fraction of all remaining weights pruned per level "
-                               "(--prune_scope=global).")
+                               "(--prune_scope=global; as open_lth, ceil(rate x the remaining "
+                               "weights of every masked layer, an unpruned output layer's "
+                               "included) are pruned from the prunable layers).")
+    prune_output_layer: str = option(
+        "auto", "Whether the output layer is pruned: auto (not under --prune_scope=global, "
+        "as open_lth's global pruning leaves fc.weight out; yes at --prune_rate_output under "
+        "--prune_scope=layer, as Frankle & Carbin), true, false.", ("auto", "true", "false"))
     rewind: str = option("init", "Where kept weights go back to: init, epoch:N or step:N "
-                         "(late rewinding; weights saved during level 0).")
+                         "(late rewinding, open_lth's: weights saved at step N of level 0, a "
+                         "fresh optimizer, training from step N to the end with the schedule "
+                         "and the data order continued from step N).")
     criterion: str = option("large_final", "Mask criterion (Zhou et al.): large_final, "
                             "small_final, large_init, small_init, large_init_large_final, "
                             "small_init_small_final, magnitude_increase, movement, random, "
-                            "each also as <name>_same_sign.")
+                            "each also as <name>_same_sign (flipped weights score 0, as the "
+                            "reference) and <name>_same_sign_strict (flipped weights pruned "
+                            "first).")
     pruned_weights: str = option("zero", "What pruned weights become: zero, init (frozen at "
                                  "their initial value), zero_if_shrunk (zero where |w| shrank "
-                                 "in training, else frozen at init).", PRUNED_WEIGHTS)
+                                 "in training, else frozen at init). As Zhou et al., a level's "
+                                 "initial weights are the previous level's start weights, so a "
+                                 "pruned weight keeps the value it got when it was pruned.",
+                                 PRUNED_WEIGHTS)
     reinit: str = option("rewind", "Kept weights at each level: rewind (their rewind values), "
                          "reinit (a fresh draw from the initializer), reshuffle (rewind values "
                          "permuted among the layer's kept positions), constant (+-the layer's "
@@ -89,6 +114,12 @@ class LotteryConfig(TrainConfig):
                 raise ValueError(f"--{name} must be in [0, 1), got {value}")
         CRITERIA.get(self.criterion)  # a ValueError naming the criteria
         self.rewind_point()
+
+    def prunes_output(self):
+        """Whether the output layer is pruned (--prune_output_layer, auto resolved)."""
+        if self.prune_output_layer == "auto":
+            return self.prune_scope == "layer"
+        return self.prune_output_layer == "true"
 
     def rewind_point(self):
         """("init", 0), ("epoch", N) or ("step", N), after checking N is inside training."""
@@ -136,12 +167,36 @@ def kernels(model):
 def load_weights(model, path):
     """model.load_weights without the warning about optimizer slots we do not want back.
 
-    Weight files saved during training also hold the optimizer's state; rewinding
-    restores weights only (each level starts with a fresh optimizer, as in LTH).
+    Weight files saved during training also hold the optimizer's state. Keras loads it
+    into a built optimizer, and into an unbuilt one whose variables happen to match in
+    number (an SGD without momentum has only its step count): a level resets the
+    optimizer afterwards (``reset_optimizer``).
     """
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
         model.load_weights(path)
+
+
+def effective_kernels(model):
+    """{kernel path: the kernel the layer computes with} (mask applied, pruned entries at
+    their frozen values)."""
+    return {layer.kernel_variable.path: keras.ops.convert_to_numpy(layer.kernel)
+            for layer in _pruned_layers(model)}
+
+
+def reset_optimizer(optimizer):
+    """Puts an optimizer back to its fresh state: step count and every slot 0.
+
+    Built or not (an unbuilt one already has its step count). The learning rate (a
+    variable when constant) is left alone. Our optimizers (sgd, adam, adamw, rmsprop
+    and their L2 forms) all start their slots at zero.
+    """
+    if optimizer is None:
+        return
+    rate = optimizer._learning_rate  # a Variable when the rate is a float
+    for variable in optimizer.variables:
+        if variable is not rate:
+            variable.assign(keras.ops.zeros(variable.shape, variable.dtype))
 
 
 def set_kernels(model, values):
@@ -163,39 +218,73 @@ def layer_kinds(model):
 
 # One pruning step -----------------------------------------------------------------------
 
+def tiebreak_keys(arrays, seed):
+    """{path: uniform random keys of that array's shape} that break ties between equal
+    scores at random, as Zhou et al.'s ``np.lexsort((np.random.random(n), scores))``
+    does (seeded here)."""
+    rng = np.random.default_rng([seed, 31])
+    return {path: rng.random(np.shape(arrays[path])) for path in sorted(arrays)}
+
+
 def next_masks(config, kinds, initial, final, previous, level):
     """The masks of `level` from the level before: the criterion's top entries among the kept.
 
+    Ties between equal scores are broken at random (seeded by the seed and the level),
+    as in Zhou et al.'s code. The output layer keeps its mask when
+    ``config.prunes_output()`` is False.
+
     Args:
-      config: the LotteryConfig (criterion, scope, rates, seed).
+      config: the LotteryConfig (criterion, scope, rates, seed, output layer).
       kinds: {path: "conv" | "dense" | "output"} (layer_kinds).
       initial, final: {path: weights} at initialization and after the previous level.
       previous: {path: mask} of the previous level.
-      level: the level being made (seeds the random criterion).
+      level: the level being made (seeds the random criterion and the tie-break).
     """
     eligible = {path: np.asarray(mask) > 0 for path, mask in previous.items()}
-    scores = criterion_scores(config.criterion, initial, final, seed=config.seed * 1000 + level,
-                              eligible=eligible)
+    frozen = set() if config.prunes_output() else {
+        path for path in eligible if kinds[path] == "output"}
+    prunable = {path: keep for path, keep in eligible.items() if path not in frozen}
+    seed = config.seed * 1000 + level
+    scores = criterion_scores(config.criterion, {p: initial[p] for p in prunable},
+                              {p: final[p] for p in prunable}, seed=seed, eligible=prunable)
+    tiebreak = tiebreak_keys(scores, seed)
     if config.prune_scope == "global":
+        # open_lth (sparse_global): ceil(rate x every remaining weight, the layers left
+        # out included) are pruned from the prunable layers.
         remaining = sum(int(mask.sum()) for mask in eligible.values())
-        return top_masks(scores, total=int(round(remaining * (1.0 - config.prune_rate))),
-                         eligible=eligible)
-    rates = {"conv": config.prune_rate_conv, "dense": config.prune_rate_dense,
-             "output": config.prune_rate_output}
-    counts = {path: int(round(int(mask.sum()) * (1.0 - rates[kinds[path]])))
-              for path, mask in eligible.items()}
-    return top_masks(scores, counts=counts, eligible=eligible)
+        pruned = int(math.ceil(config.prune_rate * remaining))
+        available = sum(int(mask.sum()) for mask in prunable.values())
+        masks = top_masks(scores, total=max(0, available - pruned), eligible=prunable,
+                          tiebreak=tiebreak)
+    else:
+        rates = {"conv": config.prune_rate_conv, "dense": config.prune_rate_dense,
+                 "output": config.prune_rate_output}
+        # Zhou et al. prune int(remaining x rate) per layer (the epsilon keeps a product
+        # such as 30 x 0.1 = 3.0000000000000004 or 2.9999999999999996 at 3).
+        counts = {path: int(mask.sum()) - int(int(mask.sum()) * rates[kinds[path]] + 1e-9)
+                  for path, mask in prunable.items()}
+        masks = top_masks(scores, counts=counts, eligible=prunable, tiebreak=tiebreak)
+    masks.update({path: np.asarray(previous[path], np.float32) for path in frozen})
+    return masks
 
 
-def pruned_values(mode, initial, final, masks):
-    """{path: values pruned entries take}, or None for plain zeros."""
+def pruned_values(mode, start, final, masks):
+    """{path: values pruned entries take}, or None for plain zeros.
+
+    As Zhou et al., a level's "initial" weights are the previous level's start weights:
+    `start` and `final` are the kernels the previous level computed with at its start
+    and end (``effective_kernels``: pruned entries at their frozen values). An entry
+    pruned earlier has the same start and final value, so it keeps that value (a
+    weight zeroed at one level stays zero); a newly pruned entry takes its start value
+    ("init"), or 0 where its magnitude shrank in training ("zero_if_shrunk").
+    """
     if mode == "zero":
         return None
     values = {}
     for path, mask in masks.items():
-        frozen = np.where(np.asarray(mask) > 0, 0.0, initial[path])
+        frozen = np.where(np.asarray(mask) > 0, 0.0, start[path])
         if mode == "zero_if_shrunk":
-            frozen = np.where(np.abs(final[path]) < np.abs(initial[path]), 0.0, frozen)
+            frozen = np.where(np.abs(final[path]) < np.abs(start[path]), 0.0, frozen)
         values[path] = frozen.astype(np.float32)
     return values
 
@@ -271,30 +360,58 @@ class SaveWeightsAtStep(keras.callbacks.Callback):
             self._save()
 
 
+class LevelKillPoint(keras.callbacks.Callback):
+    """Test hook: ``TF_SUPERMASK_KILL_AT=level:<L>:batch:<epoch>:<batch>`` SIGKILLs the
+    process after that batch of level L (epochs numbered from 0 as in metrics.csv)."""
+
+    def __init__(self, level):
+        super().__init__()
+        self.level = level
+        self._epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        run_dir_lib.kill_point(f"level:{self.level}:batch:{self._epoch}:{batch}")
+
+
 # The experiment ---------------------------------------------------------------------------
 
 def _level_results_path(experiment, level):
     return os.path.join(experiment, f"level_{level}", run_dir_lib.RESULTS_FILE)
 
 
-def _final_kernels(experiment, level):
-    from tf_supermask.training.trainer import FINAL_MODEL
-
-    model = keras.saving.load_model(os.path.join(experiment, f"level_{level}", FINAL_MODEL),
-                                    compile=False)
-    return kernels(model)
+def _level_model(experiment, level, name):
+    """The model saved as `name` (final.keras) in level `level`'s run directory."""
+    return keras.saving.load_model(os.path.join(experiment, f"level_{level}", name),
+                                   compile=False)
 
 
-def _early_stop(history, steps_per_epoch):
-    """Iteration (and epoch) of minimum validation loss, from the epoch history."""
+def early_stop(history, steps_per_epoch, first_epoch=0):
+    """The epoch of minimum validation loss, from a level's epoch history.
+
+    Args:
+      history: {metric: per-epoch values} of the epochs the level trained.
+      steps_per_epoch: optimizer steps per epoch.
+      first_epoch: the epoch the level's history starts at (late rewinding to step N
+        starts at epoch N // steps_per_epoch).
+
+    Returns:
+      {} without validation losses, else ``early_stop_epoch`` (counted from 0, as the
+      epoch column of metrics.csv and TensorBoard's epoch axis), ``early_stop_iteration``
+      (optimizer steps from the start of training, the rewound ones included, at the
+      end of that epoch), ``early_stop_val_loss`` and ``early_stop_val_accuracy``.
+    """
     losses = history.get("val_loss") or []
     if not losses:
         return {}
-    epoch = int(np.argmin(losses))
-    out = {"early_stop_epoch": epoch + 1, "early_stop_iteration": (epoch + 1) * steps_per_epoch,
-           "early_stop_val_loss": float(losses[epoch])}
+    index = int(np.argmin(losses))
+    epoch = first_epoch + index
+    out = {"early_stop_epoch": epoch, "early_stop_iteration": (epoch + 1) * steps_per_epoch,
+           "early_stop_val_loss": float(losses[index])}
     if history.get("val_accuracy"):
-        out["early_stop_val_accuracy"] = float(history["val_accuracy"][epoch])
+        out["early_stop_val_accuracy"] = float(history["val_accuracy"][index])
     return out
 
 
@@ -325,9 +442,18 @@ def run_lottery(config: LotteryConfig, callbacks=()):
                                  f"{level} ({path}); run that experiment first")
     run_dir_lib.prepare(experiment, to_flagfile(config), config.overwrite,
                         ignore=RUN_CONTROL_FIELDS)
+    try:
+        return _run_levels(config, experiment, dataset, normalization, steps, rewind_step,
+                           callbacks)
+    finally:
+        run_dir_lib.release(experiment)
+
+
+def _run_levels(config, experiment, dataset, normalization, steps, rewind_step, callbacks):
+    from tf_supermask.training import trainer
+
     initial_path = os.path.join(experiment, INITIAL)
-    rewind_path = initial_path if unit == "init" or rewind_step == 0 else os.path.join(
-        experiment, REWIND)
+    rewind_path = initial_path if rewind_step == 0 else os.path.join(experiment, REWIND)
     test_batches = trainer.make_batches(config, dataset, normalization)[2]
     summary = []
     for level in range(config.levels + 1):
@@ -340,22 +466,31 @@ def run_lottery(config: LotteryConfig, callbacks=()):
             continue
         prepare = _LevelSetup(config, experiment, level, initial_path, rewind_path, test_batches)
         extra = list(callbacks)
+        if os.environ.get(run_dir_lib.KILL_ENV, "").startswith("level:"):
+            extra.append(LevelKillPoint(level))
         if level == 0 and rewind_path != initial_path:
             extra.append(SaveWeightsAtStep(rewind_path, rewind_step))
+        start_step = rewind_step if level > 0 else 0
+
+        def finish(results, start_step=start_step):
+            return {"start_step": start_step,
+                    **early_stop(results.get("history", {}), steps, start_step // steps)}
+
         level_config = dataclasses.replace(config, run_dir=level_dir, overwrite=False,
                                            mask="fixed")
-        results = trainer.train(level_config, callbacks=extra, prepare=prepare)
+        results = trainer.train(level_config, callbacks=extra, prepare=prepare,
+                                start_step=start_step, finish=finish)
         results.pop("run_dir", None)
-        results.update(_early_stop(results.get("history", {}), steps))
-        run_dir_lib.write_json(results_path, results)
         summary.append(results)
+        run_dir_lib.kill_point(f"level:{level}:done")
         if config.verbose:
             print(f"level {level}: {100 * results['weights_remaining']:.1f}% weights remaining, "
                   f"test accuracy {results['test_accuracy']:.4f}"
                   + (f", untrained {results['untrained_test_accuracy']:.4f}"
                      if "untrained_test_accuracy" in results else ""))
     keys = ("level", "weights_remaining", "test_accuracy", "untrained_test_accuracy",
-            "early_stop_iteration", "early_stop_val_accuracy", "weights_remaining_per_layer")
+            "early_stop_epoch", "early_stop_iteration", "early_stop_val_accuracy",
+            "weights_remaining_per_layer")
     table = {"levels": [{key: result[key] for key in keys if key in result}
                         for result in summary]}
     last = summary[-1]
@@ -378,13 +513,15 @@ class _LevelSetup:
         self.initial_path = initial_path
         self.rewind_path = rewind_path
         self.test_batches = test_batches
-        self._final_weights = None
+        self._final_model = None
 
     def _final(self):
-        """The previous level's final kernels (loaded once)."""
-        if self._final_weights is None:
-            self._final_weights = _final_kernels(self.experiment, self.level - 1)
-        return self._final_weights
+        """The previous level's trained model (loaded once)."""
+        if self._final_model is None:
+            from tf_supermask.training.trainer import FINAL_MODEL
+
+            self._final_model = _level_model(self.experiment, self.level - 1, FINAL_MODEL)
+        return self._final_model
 
     def _masks(self, model, initial):
         """The level's ticket mask, and the mask actually trained (shuffled for the control)."""
@@ -395,20 +532,28 @@ class _LevelSetup:
             ticket = {path: np.ones_like(value, np.float32) for path, value in initial.items()}
         else:
             previous = load_masks(os.path.join(self.experiment, f"level_{level - 1}", MASK_FILE))
-            ticket = next_masks(config, layer_kinds(model), initial, self._final(), previous,
-                                level)
+            ticket = next_masks(config, layer_kinds(model), initial, kernels(self._final()),
+                                previous, level)
         if config.shuffle_mask and level > 0:
             return shuffle_masks(ticket, seed=config.seed * 1000 + level)
         return ticket
+
+    def _previous_start(self, model):
+        """The kernels level L-1 started from, as it computed with them."""
+        from tf_supermask.training.trainer import INITIAL_WEIGHTS
+
+        load_weights(model, os.path.join(self.experiment, f"level_{self.level - 1}",
+                                         INITIAL_WEIGHTS))
+        return effective_kernels(model)
 
     def __call__(self, model, train_batches, dataset):
         config, level = self.config, self.level
         level_dir = os.path.join(self.experiment, f"level_{level}")
         if level == 0 and not os.path.exists(self.initial_path):
-            temp = self.initial_path[:-len(".weights.h5")] + ".tmp.weights.h5"
-            os.makedirs(os.path.dirname(self.initial_path), exist_ok=True)
-            model.save_weights(temp)
-            os.replace(temp, self.initial_path)
+            with run_dir_lib.atomic_file(self.initial_path) as temp_path:
+                model.save_weights(temp_path)
+        previous_start = (self._previous_start(model)
+                          if level > 0 and config.pruned_weights != "zero" else None)
         load_weights(model, self.initial_path)
         initial = kernels(model)
         masks = self._masks(model, initial)
@@ -423,21 +568,24 @@ class _LevelSetup:
         if config.untrained_eval:
             out["untrained_test_accuracy"] = float(
                 model.evaluate(self.test_batches, verbose=0, return_dict=True)["accuracy"])
-        if level == 0:
-            return out
-        if self.rewind_path != self.initial_path:
-            load_weights(model, self.rewind_path)
-            set_masks(model, masks)
-        frozen = pruned_values(config.pruned_weights, initial, self._final(), masks)
-        if frozen is not None:
-            for layer in _pruned_layers(model):
-                layer.set_pruned_values(frozen[layer.kernel_variable.path])
-        fresh = (fresh_kernels(model, config.seed * 1000 + level) if config.reinit == "reinit"
-                 else None)
-        stds = {path: float(np.std(value)) for path, value in initial.items()}
-        rng = np.random.default_rng([config.seed, level, 17])
-        set_kernels(model, reinitialized(config.reinit, kernels(model), masks, fresh, stds,
-                                         config.keep_signs, rng))
+        if level > 0:
+            if self.rewind_path != self.initial_path:
+                load_weights(model, self.rewind_path)
+                set_masks(model, masks)
+            frozen = (None if previous_start is None else pruned_values(
+                config.pruned_weights, previous_start, effective_kernels(self._final()), masks))
+            if frozen is not None:
+                for layer in _pruned_layers(model):
+                    layer.set_pruned_values(frozen[layer.kernel_variable.path])
+            fresh = (fresh_kernels(model, config.seed * 1000 + level)
+                     if config.reinit == "reinit" else None)
+            stds = {path: float(np.std(value)) for path, value in initial.items()}
+            rng = np.random.default_rng([config.seed, level, 17])
+            set_kernels(model, reinitialized(config.reinit, kernels(model), masks, fresh, stds,
+                                             config.keep_signs, rng))
+        # Whatever the weight files loaded above held, the level starts with a fresh
+        # optimizer (a resumed level then gets its own state back from its backup).
+        reset_optimizer(model.optimizer)
         return out
 
 

@@ -48,10 +48,22 @@ class PruneInitConfig(PruneOptions, TrainConfig):
         single_worker_only(self.strategy, "tf-supermask-prune-init")
         self.validate_options()
         method = PRUNE_METHODS.get(self.method)
-        if (method.during_training and not self.mask_file
-                and self.dissipating_epochs > self.epochs):
-            raise ValueError(f"--dissipating_epochs ({self.dissipating_epochs}) cannot exceed "
-                             f"--epochs ({self.epochs})")
+        if self.mask_file:
+            return
+        kstarts = self.method.startswith("kstarts")
+        continued = kstarts and self.kstarts_mode == "continue" and not self.shuffle
+        before = self.kstarts_epochs if continued else 0
+        if method.during_training and before + self.dissipating_epochs > self.epochs:
+            raise ValueError(f"--dissipating_epochs ({self.dissipating_epochs})"
+                             + (f" after --kstarts_epochs ({before})" if before else "")
+                             + f" cannot exceed --epochs ({self.epochs})")
+        if continued and self.kstarts_epochs > self.epochs:
+            raise ValueError(f"--kstarts_epochs ({self.kstarts_epochs}) count inside --epochs "
+                             f"({self.epochs}) with --kstarts_mode=continue and cannot exceed it")
+        if continued and self.kstarts_steps:
+            raise ValueError("--kstarts_steps shortens the candidates' epochs, which count as "
+                             "epochs of the run with --kstarts_mode=continue: use it with "
+                             "--kstarts_mode=rewind")
 
 
 def default_prune_init_run_dir(config, root="runs"):
@@ -91,10 +103,15 @@ def prune_init(config: PruneInitConfig, callbacks=()):
 
     Returns:
       The results (also in ``results.json``): train()'s, plus ``method``,
-      ``target_sparsity``, ``scope``, ``shuffled``, ``mask_sparsity`` (and per
-      layer), ``initial_mask_sparsity_per_layer``, ``collapsed_layers``,
-      ``mask_seconds`` and the method's own facts (K-starts fitness, the
-      dissipating log).
+      ``target_sparsity`` (None for dissipating by its fraction alone, whose
+      sparsity is an outcome), ``scope``, ``shuffled``, ``mask_sparsity`` (and
+      ``mask_sparsity_per_layer``: the sparsity reached),
+      ``initial_mask_sparsity_per_layer``, ``collapsed_layers``, ``mask_seconds`` and the method's own facts:
+      K-starts fitness, mode, ``kstarts_epochs`` and the winner's
+      ``kstarts_history``; ``start_epoch`` when the run went on from the
+      K-starts winner (``history`` then holds the ``epochs - start_epoch``
+      epochs trained after it, ``epochs_trained`` all of them); the
+      dissipating target, fraction and per-epoch log.
 
     Raises:
       LayerCollapseError: a layer keeps no weight and ``config.collapse`` is "error".
@@ -111,12 +128,17 @@ def prune_init(config: PruneInitConfig, callbacks=()):
     def prepare(model, train_batches, dataset):
         start = time.time()
         steps = config.steps_per_epoch or 0
-        masks, info = compute_masks(model, train_batches, config, steps_per_epoch=steps)
-        if dissipating is not None:
-            dissipating.start(model)
+        masks, info = compute_masks(model, train_batches, config, steps_per_epoch=steps,
+                                    callback=dissipating)
         extra.update(info)
+        if dissipating is not None:
+            extra.update({"dissipating_target": config.dissipating_target,
+                          "dissipating_fraction": dissipating.fraction})
+        # By Haroon's rule the sparsity is an outcome of the fraction, not a target.
+        untargeted = dissipating is not None and config.dissipating_target == "none"
         extra.update({
-            "method": config.method, "target_sparsity": float(config.sparsity),
+            "method": config.method,
+            "target_sparsity": None if untargeted else float(config.sparsity),
             "scope": config.resolved_scope, "shuffled": bool(config.shuffle),
             "initial_mask_sparsity_per_layer": sparsity_per_layer(masks),
             "mask_seconds": time.time() - start,
@@ -135,6 +157,8 @@ def prune_init(config: PruneInitConfig, callbacks=()):
     final["collapsed_layers"] = list(extra.get("collapsed_layers", [])) + [
         path for path in final.pop("collapsed_during_training", [])
         if path not in extra.get("collapsed_layers", [])]
+    final["epochs_trained"] = int(results.get("start_epoch", 0)) + len(
+        results.get("history", {}).get("loss", []))
     results.update(final)
     results_path = os.path.join(results["run_dir"], run_dir_lib.RESULTS_FILE)
     if os.path.exists(results_path):

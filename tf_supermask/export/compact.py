@@ -9,7 +9,8 @@ A supermask over random weights is described by how the weights were drawn
   Keras version that wrote it, per-layer mask shapes and counts, which
   variables are stored, free metadata (a run's flags and results), and
   ``regenerated_sha256``: a SHA-256 over every variable the loader
-  regenerates instead of reading (the frozen kernels above all);
+  regenerates instead of reading (the frozen kernels above all), and
+  ``stored_sha256``: one over the arrays below (masks included), checked on load;
 - ``mask_<i>``: masked layer i's binary mask, bit-packed (``numpy.packbits``);
 - ``var_<j>`` / ``kernel_<i>``: only the variables that differ from a fresh
   build, e.g. BatchNorm statistics and trained biases. Kernels are stored
@@ -218,6 +219,8 @@ def save_compact(model, path, options, model_name=None, input_shape=None, num_cl
         "backend_version": _backend_version(), "device": _device_kind(),
         "tf_supermask_version": tf_supermask.__version__,
         "regenerated_sha256": _digest(regenerated),
+        # Masks and stored variables: a flipped or swapped mask bit fails to load.
+        "stored_sha256": _digest(sorted(arrays.items())),
         "layers": layer_info, "variables": variable_info,
         "metadata": metadata or {},
     }
@@ -312,6 +315,9 @@ def load_compact(path):
       FileNotFoundError: there is no file at `path`.
     """
     header, arrays = _read_archive(path)
+    if "stored_sha256" in header and _digest(sorted(arrays.items())) != header["stored_sha256"]:
+        raise CompactFormatError(f"{path}: its masks or stored weights do not match the "
+                                 "file's checksum (the file is damaged)")
     try:
         spec = header["model"]
         name, input_shape, num_classes = spec["name"], spec["input_shape"], spec["num_classes"]

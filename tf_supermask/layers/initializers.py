@@ -98,6 +98,15 @@ _register("signed_kaiming_constant", "signed_constant", "fan_in", _RELU_GAIN)
 _register("signed_glorot_constant", "signed_constant", "fan_avg", 1.0)
 
 
+@INITIALIZERS.register("kaiming_uniform_a_sqrt5")
+def _kaiming_uniform_a_sqrt5(seed=None, fan_scale=1.0):
+    """Uniform in [-1/sqrt(fan_in), 1/sqrt(fan_in)]: PyTorch's
+    ``kaiming_uniform_(w, a=sqrt(5))`` (gain sqrt(2 / (1 + a^2)) = 1/sqrt(3)), the
+    default init of torch's Linear and Conv2d weights and how hidden-networks
+    (edge-popup) initialises its scores; the default score init of ``topk``."""
+    return VarianceScaled("uniform", "fan_in", 1.0 / math.sqrt(3.0), fan_scale, seed)
+
+
 @INITIALIZERS.register("uniform")
 def _uniform(seed=None, fan_scale=1.0):
     """Uniform in [-1, 1]: a score initializer."""

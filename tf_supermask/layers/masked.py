@@ -10,6 +10,7 @@ import math
 import keras
 from keras import ops
 
+from tf_supermask.backend import read
 from tf_supermask.layers.initializers import get_initializer
 from tf_supermask.layers.masks import MASK_MODES, check_k
 
@@ -90,10 +91,15 @@ class MaskedLayer(keras.layers.Layer):
 
     def effective_kernel(self, training=False):
         """weight * mask (rescaled if asked), with the mode's straight-through gradient."""
-        kernel = self.kernel_variable
+        kernel = read(self.kernel_variable)
+        if self.pruned_values_variable is None and not self.rescale:
+            masked = self._mode.masked_kernel(self, kernel, training)
+            if masked is not None:
+                return masked
         mask = self._mode.mask(self, training)
         if mask is None:
-            return ops.convert_to_tensor(kernel)
+            return kernel
+        mask = ops.cast(mask, kernel.dtype)  # masks stay float32 under mixed precision
         kernel = kernel * mask
         if self.pruned_values_variable is not None:
             kernel = kernel + self.pruned_values_variable * (1.0 - mask)

@@ -8,19 +8,43 @@ Straight-through estimators: the forward pass uses the binary mask, the
 backward pass treats it as a smooth function of the scores.
 """
 
+import functools
+
 import keras
 from keras import ops
 
-from tf_supermask.backend import bitcast_to_int32, histogram
+from tf_supermask.backend import (bitcast_to_int32, compact, compiled, histogram, platform, read,
+                                  supports_dynamic_shapes)
 from tf_supermask.registry import Registry
 
 MASK_MODES = Registry("mask mode")
 
 
-# Measured on a 2-core CPU (TensorFlow): top_k wins below ~8k entries; radix
-# select with 11-bit digits up to ~2M entries, with 16-bit digits beyond.
-SMALL_LAYER = 8192
-WIDE_DIGITS_FROM = 1 << 21
+# Which exact top-k select runs, per (backend, platform) and layer size, unless
+# TOPK_METHOD names one (tf-supermask-bench --topk_method compares them). All
+# give the same mask. Measured on a 2-core CPU (runs/results/bench_cpu.md):
+# TensorFlow: top_k (a partial sort) below ~8k entries, the bucket select above
+# (data-dependent shapes, so not under XLA); JAX: sort below ~2k, the histogram
+# radix select above (XLA's CPU sort took 0.5 s for 235k entries, the counting
+# passes 2x the radix select). On a GPU the radix select's histograms are
+# scatter-adds, slow there; the counting passes are a compare and a sum, which
+# fuse. The GPU rows are a guess still to be measured (scripts/gpu_bench.sh).
+TOPK_METHOD = "auto"
+TOPK_CHOICES = {
+    ("tensorflow", "cpu"): ((8192, "sort"), (None, "bucket")),
+    ("tensorflow", "gpu"): ((8192, "sort"), (None, "count")),
+    ("jax", "cpu"): ((2048, "sort"), (None, "radix")),
+    ("jax", "gpu"): ((2048, "sort"), (None, "count")),
+}
+DEFAULT_CHOICE = ((2048, "sort"), (None, "count"))
+WIDE_DIGITS_FROM = 1 << 21  # radix: 16-bit digits from here, 11-bit below
+BUCKET_DIGIT_BITS = 14
+# Counting passes: digit width per platform. XLA's CPU code for 15 comparisons per
+# entry took 187 ms on 235k entries, 1-bit digits (31 passes) 5 ms; on a GPU the
+# passes are memory-bound, so fewer, wider ones should win (to be measured).
+COUNT_DIGIT_BITS = {"cpu": 1, "gpu": 4}
+
+TOPK_METHODS = Registry("top-k method")
 
 
 def check_k(k, name="k"):
@@ -33,6 +57,41 @@ def check_k(k, name="k"):
 def kept_count(k, size):
     """Number of weights a top-k layer keeps: round(k * size), at least 1."""
     return max(1, int(round(float(k) * int(size))))
+
+
+def topk_method_for(size, backend=None, device=None):
+    """The select used for a layer of `size` weights: TOPK_METHOD unless "auto"."""
+    if TOPK_METHOD != "auto":
+        return TOPK_METHOD
+    key = (backend or keras.backend.backend(), device or platform())
+    for limit, method in TOPK_CHOICES.get(key, DEFAULT_CHOICE):
+        if limit is None or size <= limit:
+            return method
+    raise AssertionError("every choice table ends with an unlimited entry")
+
+
+def _keep_from_threshold(bits, threshold, ties_kept, ties_total=None):
+    """Entries above `threshold`, plus the first `ties_kept` equal to it (by position)."""
+
+    def break_ties():
+        at = ops.equal(bits, threshold)
+        rank = ops.cumsum(ops.cast(at, "int32"))
+        return ops.logical_or(ops.greater(bits, threshold),
+                              ops.logical_and(at, rank <= ties_kept))
+
+    if ties_total is None:
+        ties_total = ops.sum(ops.cast(ops.equal(bits, threshold), "int32"))
+    return ops.cond(ties_total == ties_kept, lambda: ops.greater_equal(bits, threshold),
+                    break_ties)
+
+
+@TOPK_METHODS.register("sort")
+def _sort_keep(magnitudes, kept):
+    """A partial sort (``top_k``); it keeps the lower index among equal values."""
+    size = int(magnitudes.shape[0])
+    _, indices = ops.top_k(magnitudes, kept, sorted=True)
+    mask = ops.scatter(ops.expand_dims(indices, 1), ops.ones((kept,), "int32"), (size,))
+    return mask > 0
 
 
 def _kth_largest_bits(bits, kept, digit_bits):
@@ -66,33 +125,128 @@ def _kth_largest_bits(bits, kept, digit_bits):
     return prefix, remaining
 
 
-def topk_binary_mask(magnitudes, k):
+@TOPK_METHODS.register("radix")
+def _radix_keep(magnitudes, kept):
+    """Histogram radix select (11-bit digits, 16-bit ones from 2M entries)."""
+    bits = bitcast_to_int32(magnitudes)
+    digit_bits = 16 if int(bits.shape[0]) >= WIDE_DIGITS_FROM else 11
+    threshold, ties_kept = _kth_largest_bits(bits, kept, digit_bits)
+    return _keep_from_threshold(bits, threshold, ties_kept)
+
+
+def _kth_largest_bits_by_counting(bits, kept, digit_bits):
+    """Like ``_kth_largest_bits``, with counting passes instead of histograms.
+
+    The threshold T (the `kept`-th largest bit pattern) is the largest t with
+    count(bits >= t) >= kept. Each pass fixes one `digit_bits`-wide digit of T
+    by counting, for every value d of that digit, the entries at or above
+    (digits fixed so far, d, zeros): 2**digit_bits - 1 comparisons and sums
+    over the same read of `bits`, which a compiler fuses into one reduction,
+    and no scatter.
+    """
+    prefix = ops.convert_to_tensor(0, "int32")
+    high = 31
+    while high > 0:
+        shift = max(0, high - digit_bits)
+        width = high - shift
+        steps = ops.convert_to_tensor([d << shift for d in range(1, 1 << width)], "int32")
+        candidates = prefix + steps
+        # (candidates, n) and a sum over the last axis: a row reduction per candidate.
+        counts = ops.sum(ops.cast(bits >= ops.expand_dims(candidates, 1), "int32"), axis=1)
+        prefix = prefix + ops.left_shift(ops.sum(ops.cast(counts >= kept, "int32")), shift)
+        high = shift
+    above = ops.sum(ops.cast(ops.greater(bits, prefix), "int32"))
+    return prefix, kept - above
+
+
+@TOPK_METHODS.register("count")
+def _count_keep(magnitudes, kept):
+    """Counting-pass select (COUNT_DIGIT_BITS-wide digits): compare and sum only."""
+    bits = bitcast_to_int32(magnitudes)
+    digit_bits = COUNT_DIGIT_BITS.get(platform(), 4)
+    threshold, ties_kept = _kth_largest_bits_by_counting(bits, kept, digit_bits)
+    return _keep_from_threshold(bits, threshold, ties_kept)
+
+
+@TOPK_METHODS.register("bucket")
+def _bucket_keep(magnitudes, kept):
+    """One histogram of the top BUCKET_DIGIT_BITS bits, then a sort of the one bucket
+    holding the threshold (usually a few hundred entries).
+
+    The bucket's size depends on the data, so this needs a backend that allows
+    data-dependent shapes in compiled functions (TensorFlow).
+    """
+    bits = bitcast_to_int32(magnitudes)
+    size = int(bits.shape[0])
+    shift = 31 - BUCKET_DIGIT_BITS
+    bucket = ops.right_shift(bits, shift)
+    counts = histogram(bucket, 1 << BUCKET_DIGIT_BITS)
+    below = ops.cumsum(counts) - counts  # entries in lower buckets
+    # The threshold's bucket: the highest one with at least `kept` entries at or above it.
+    chosen = ops.sum(ops.cast(below <= size - kept, "int32")) - 1
+    needed = kept - (size - below[chosen] - counts[chosen])  # taken from that bucket
+    candidates, _ = compact(bits, ops.equal(bucket, chosen))
+    ascending = ops.sort(candidates)
+    threshold = ascending[ops.shape(ascending)[0] - needed]
+    ties_total = ops.sum(ops.cast(ops.equal(candidates, threshold), "int32"))
+    ties_kept = needed - ops.sum(ops.cast(ops.greater(candidates, threshold), "int32"))
+    return _keep_from_threshold(bits, threshold, ties_kept, ties_total)
+
+
+def topk_keep(magnitudes, k, method=None):
+    """Boolean tensor of `magnitudes`' shape keeping exactly round(k * n) largest |entries|.
+
+    Ties at the threshold are broken by position (earliest kept). Every method
+    gives the same result; `method` (default: ``topk_method_for``) picks the
+    fastest for the backend and size.
+    """
+    flat = ops.abs(ops.reshape(ops.cast(magnitudes, "float32"), (-1,)))
+    size = int(flat.shape[0])
+    kept = kept_count(k, size)
+    if kept >= size:
+        return ops.ones(ops.shape(magnitudes), "bool")
+    method = method or topk_method_for(size)
+    if method == "bucket" and not supports_dynamic_shapes():  # TF's bincount fails under XLA
+        method = "count"
+    keep = _select(method, kept)(flat)
+    return ops.reshape(keep, ops.shape(magnitudes))
+
+
+@functools.lru_cache(maxsize=None)
+def _select(method, kept):
+    select = TOPK_METHODS.get(method)
+    return compiled(lambda flat: select(flat, kept))
+
+
+def topk_binary_mask(magnitudes, k, method=None):
     """Float 0/1 tensor of `magnitudes`' shape keeping exactly round(k * n) largest entries.
 
     Ties at the threshold are broken by position (earliest kept).
     """
-    flat = ops.reshape(ops.cast(magnitudes, "float32"), (-1,))
-    size = int(flat.shape[0])
-    kept = kept_count(k, size)
-    if kept >= size:
-        return ops.ones_like(magnitudes)
-    if size <= SMALL_LAYER:
-        _, indices = ops.top_k(ops.abs(flat), kept, sorted=True)
-        mask = ops.scatter(ops.expand_dims(indices, 1), ops.ones((kept,), flat.dtype), (size,))
-        return ops.reshape(ops.cast(mask, magnitudes.dtype), ops.shape(magnitudes))
-    bits = bitcast_to_int32(ops.abs(flat))
-    digit_bits = 16 if size >= WIDE_DIGITS_FROM else 11
-    threshold, ties_kept = _kth_largest_bits(bits, kept, digit_bits)
-    above = ops.greater(bits, threshold)
-    at = ops.equal(bits, threshold)
+    return ops.cast(topk_keep(magnitudes, k, method), magnitudes.dtype)
 
-    def break_ties():
-        rank = ops.cumsum(ops.cast(at, "int32"))
-        return ops.logical_or(above, ops.logical_and(at, rank <= ties_kept))
 
-    keep = ops.cond(ops.sum(ops.cast(at, "int32")) == ties_kept,
-                    lambda: ops.logical_or(above, at), break_ties)
-    return ops.reshape(ops.cast(keep, magnitudes.dtype), ops.shape(magnitudes))
+def _upstream(args, upstream):
+    # TensorFlow passes the output gradient positionally, JAX too; Keras may name it.
+    return args[0] if upstream is None else upstream
+
+
+def _topk_straight_through(kernel, scores, k):
+    """where(top-k of |scores|, kernel, 0); d/d scores = d/d kernel_eff * kernel * sign(scores)."""
+
+    @ops.custom_gradient
+    def apply(kernel, scores):
+        keep = topk_keep(scores, k)
+        zero = ops.cast(0, kernel.dtype)
+
+        def grad(*args, upstream=None):
+            upstream = _upstream(args, upstream)
+            d_scores = ops.cast(upstream * kernel, scores.dtype) * ops.sign(scores)
+            return ops.where(keep, upstream, zero), d_scores
+
+        return ops.where(keep, kernel, zero), grad
+
+    return apply(kernel, scores)
 
 
 class MaskMode:
@@ -111,6 +265,17 @@ class MaskMode:
 
     def mask(self, layer, training):
         """The mask multiplied into the kernel (None: no mask). Carries gradients."""
+        return None
+
+    def masked_kernel(self, layer, kernel, training):
+        """``kernel * mask`` with the mode's gradients in one step, or None to use ``mask``.
+
+        "topk" overrides this: the binary mask is computed once, inside a
+        custom-gradient op, so the straight-through estimator costs one select
+        forwards and one product backwards instead of the
+        ``binary + s - stop_gradient(s)`` chain. (The same for "bernoulli" was
+        measured slower than its chain, whose sigmoid gradient is one fused op.)
+        """
         return None
 
     def binary_mask(self, layer):
@@ -135,9 +300,11 @@ class ScoreMode(MaskMode):
     learns_scores = True
 
     def build(self, layer, shape):
+        # autocast=False: under mixed precision the scores (and the mask chosen from
+        # them) stay float32; only the masked kernel takes the compute dtype.
         layer.scores = layer.add_weight(name="scores", shape=shape,
                                         initializer=layer.score_initializer,
-                                        trainable=layer.train_scores)
+                                        trainable=layer.train_scores, autocast=False)
 
 
 @MASK_MODES.register("bernoulli")
@@ -180,6 +347,12 @@ class TopKMode(ScoreMode):
             return binary
         return binary + magnitude - ops.stop_gradient(magnitude)
 
+    def masked_kernel(self, layer, kernel, training):
+        scores = read(layer.scores)
+        if training:
+            return _topk_straight_through(kernel, scores, layer.k)
+        return ops.where(topk_keep(scores, layer.k), kernel, ops.cast(0, kernel.dtype))
+
     def binary_mask(self, layer):
         return topk_binary_mask(ops.abs(layer.scores), layer.k)
 
@@ -202,7 +375,7 @@ class FixedMode(MaskMode):
 
     def build(self, layer, shape):
         layer.mask_variable = layer.add_weight(name="mask", shape=shape, initializer="ones",
-                                               trainable=False)
+                                               trainable=False, autocast=False)
 
     def mask(self, layer, training):
         return layer.mask_variable

@@ -14,6 +14,11 @@ MODELS = Registry("model")
 
 BATCHNORMS = ("none", "nonaffine", "affine")
 
+# Score initializers when MaskOptions.score_init is None: Zhou et al.'s uniform
+# for bernoulli, hidden-networks' uniform(+-1/sqrt(fan_in)) for topk;
+# kaiming_uniform (unused: no scores) for the other modes.
+DEFAULT_SCORE_INIT = {"bernoulli": "uniform", "topk": "kaiming_uniform_a_sqrt5"}
+
 
 @dataclasses.dataclass
 class MaskOptions:
@@ -23,7 +28,8 @@ class MaskOptions:
       mask: mask mode ("dense", "bernoulli", "topk", "fixed").
       k: fraction of weights kept per layer ("topk"), in (0, 1].
       init: registered weight initializer.
-      score_init: registered score initializer ("bernoulli" / "topk").
+      score_init: registered score initializer ("bernoulli" / "topk"); None: the
+        mode's entry of DEFAULT_SCORE_INIT.
       scale_fan: scale the initializer's fan by k (edge-popup's option).
       rescale: dynamic weight rescaling (#weights / #kept).
       train_weights: kernels train (None: the mode's default).
@@ -93,7 +99,7 @@ class MaskOptions:
         if use_bias is None:
             use_bias = train_weights if self.use_bias is None else self.use_bias
         fan_scale = self.k if self.scale_fan and not unpruned else 1.0
-        score_init = self.score_init or ("uniform" if self.mask == "bernoulli" else "kaiming_uniform")
+        score_init = self.score_init or DEFAULT_SCORE_INIT.get(self.mask, "kaiming_uniform")
         return dict(mask=mask, k=self.k, rescale=self.rescale and not unpruned,
                     train_weights=train_weights,
                     use_bias=use_bias, eval_sample=self.eval_sample, seed=seed,

@@ -21,14 +21,15 @@ from tf_supermask.pruning.saliency import (LayerCollapseError, LayerCollapseWarn
                                            magnitude_scores, random_masks, select_masks,
                                            snip_scores, synflow_masks, synflow_scores)
 from tf_supermask.pruning.haroon import (DissipatingCallback, dissipating_allowed,  # noqa: E402
-                                         dissipating_step, kstarts_fitness, kstarts_masks)
+                                         dissipating_calibrate, dissipating_step,
+                                         fraction_for_sparsity, kstarts_fitness, kstarts_masks)
 from tf_supermask.pruning.at_init import PRUNE_METHODS, PruneOptions, compute_masks  # noqa: E402
 
 __all__ += ["PRUNE_METHODS", "DissipatingCallback", "LayerCollapseError", "LayerCollapseWarning",
             "PruneOptions", "check_collapse", "compute_masks", "dissipating_allowed",
-            "dissipating_step", "grasp_masks", "grasp_scores", "kstarts_fitness",
-            "kstarts_masks", "magnitude_scores", "random_masks", "select_masks", "snip_scores",
-            "synflow_masks", "synflow_scores"]
+            "dissipating_calibrate", "dissipating_step", "fraction_for_sparsity", "grasp_masks",
+            "grasp_scores", "kstarts_fitness", "kstarts_masks", "magnitude_scores",
+            "random_masks", "select_masks", "snip_scores", "synflow_masks", "synflow_scores"]
 
 from tf_supermask.pruning.gradual import (GradualPruning, magnitude_masks,  # noqa: E402
                                           prune_by_magnitude, pruning_schedule, tfmot_schedules)

@@ -3,9 +3,28 @@ starts from.
 
 Methods (registered in ``PRUNE_METHODS``): ``random``, ``magnitude``,
 ``snip``, ``grasp``, ``synflow`` (scores in ``tf_supermask.pruning.saliency``),
-``kstarts``, ``dissipating`` and ``kstarts_dissipating`` (K-starts to an
-intermediate sparsity, then dissipating to the target; Haroon's methods in
+``kstarts``, ``dissipating`` and ``kstarts_dissipating`` (Haroon's methods in
 ``tf_supermask.pruning.haroon``).
+
+Haroon's methods follow the paper's reading by default, the earlier
+behaviours are named choices:
+
+- ``kstarts``: ``--kstarts_mode=continue`` (default) trains on from the
+  winner's weights and optimizer state, and the winner's ``--kstarts_epochs``
+  count inside the run's ``--epochs``; ``rewind`` retrains the winner's mask
+  from the initial weights for the full ``--epochs``.
+- ``dissipating``: ``--dissipating_target=none`` (default) removes every
+  weight within ``--dissipating_fraction`` of its initial value at the end of
+  each of the first ``--dissipating_epochs`` epochs; the sparsity reached is
+  an outcome (``--sparsity`` is not used). ``calibrate`` first finds the
+  fraction that reaches ``--sparsity`` (a replay of the dissipating epochs,
+  ``dissipating_calibrate``), then removes by it. ``reach`` forces
+  ``--sparsity`` at the last dissipating epoch (``--dissipating_schedule``).
+- ``kstarts_dissipating``: K-starts keeps (1 - sparsity) ** split of the
+  weights (with ``--kstarts_mode``), then dissipating acts during the first
+  ``--dissipating_epochs`` epochs trained under the winner's mask, measuring
+  each weight's change from its value at initialization (before K-starts),
+  with ``--dissipating_target``.
 """
 
 import dataclasses
@@ -14,12 +33,13 @@ import numpy as np
 
 from tf_supermask.config import option
 from tf_supermask.layers import set_masks
-from tf_supermask.pruning.haroon import (FITNESSES, SCHEDULES, DissipatingCallback,
-                                         dissipating_search, kstarts_masks)
+from tf_supermask.pruning.haroon import (DISSIPATING_TARGETS, FITNESSES, KSTARTS_MODES,
+                                         SCHEDULES, DissipatingCallback, dissipating_calibrate,
+                                         dissipating_search, kstarts_masks, restore, snapshot)
 from tf_supermask.pruning.saliency import (SCOPES, _seed_list, check_collapse, density_of,
                                            fixed_layers, grasp_masks, grasp_scores,
-                                           magnitude_scores, random_masks, select_masks,
-                                           snip_scores, synflow_masks)
+                                           kernel_values, magnitude_scores, random_masks,
+                                           select_masks, snip_scores, synflow_masks)
 from tf_supermask.pruning.select import load_masks, shuffle_masks
 from tf_supermask.registry import Registry
 
@@ -79,20 +99,31 @@ class PruneOptions:
                                           "relative to the candidates' average).", FITNESSES)
     kstarts_gradient_batches: int = option(0, "kstarts: batches over which gradient magnitudes "
                                               "accumulate (0: one epoch).")
-    kstarts_rewind: bool = option(True, "kstarts: train the winning mask from the initial "
-                                        "weights (true) or go on from the winner's briefly "
-                                        "trained weights and optimizer state (false).")
+    kstarts_mode: str = option("continue", "kstarts: continue (Haroon: no retraining): go on "
+                                           "from the winner's trained weights and optimizer "
+                                           "state, its --kstarts_epochs counting inside "
+                                           "--epochs; rewind: train the winning mask from the "
+                                           "initial weights for the full --epochs.",
+                               KSTARTS_MODES)
     dissipating_epochs: int = option(2, "dissipating: removal happens at the end of each of the "
-                                        "first this many epochs; the target sparsity is reached "
-                                        "at the end of the last of them.")
-    dissipating_fraction: float = option(0.1, "dissipating: a weight is removable while |w - "
-                                              "w_init| <= fraction * |w_init|.")
-    dissipating_schedule: str = option("geometric", "dissipating: kept count allowed after "
-                                                    "removal epoch e of E, from n0 kept to the "
-                                                    "target K: geometric n0 * (K / n0) ** (e / "
-                                                    "E), linear n0 - (n0 - K) * e / E, or greedy "
-                                                    "K (remove every removable weight at once).",
-                                                    SCHEDULES)
+                                        "first this many epochs (trained under the K-starts "
+                                        "winner's mask for kstarts_dissipating).")
+    dissipating_fraction: float = option(0.1, "dissipating: a weight is removed while |w - "
+                                              "w_init| <= fraction * |w_init| (ignored by "
+                                              "--dissipating_target=calibrate).")
+    dissipating_target: str = option("none", "dissipating: none (Haroon): remove by "
+                                             "--dissipating_fraction, the sparsity reached is "
+                                             "an outcome; calibrate: set the fraction that "
+                                             "reaches --sparsity on a replay of the "
+                                             "dissipating epochs, then remove by it; reach: "
+                                             "force --sparsity at the last dissipating epoch "
+                                             "(--dissipating_schedule).", DISSIPATING_TARGETS)
+    dissipating_schedule: str = option("geometric", "dissipating_target=reach: kept count "
+                                                    "allowed after removal epoch e of E, from "
+                                                    "n0 kept to the target K: geometric n0 * (K "
+                                                    "/ n0) ** (e / E), linear n0 - (n0 - K) * e "
+                                                    "/ E, or greedy K (remove every removable "
+                                                    "weight at once).", SCHEDULES)
     kstarts_dissipating_split: float = option(0.5, "kstarts_dissipating: share of the pruning, "
                                                    "in log density, done by K-starts: K-starts "
                                                    "keeps (1 - sparsity) ** split, dissipating "
@@ -105,6 +136,8 @@ class PruneOptions:
             raise ValueError(f"--sparsity is the fraction of weights pruned and must be in "
                              f"[0, 1), got {self.sparsity}")
         for name, choices in (("scope", SCOPE_CHOICES), ("kstarts_fitness", FITNESSES),
+                              ("kstarts_mode", KSTARTS_MODES),
+                              ("dissipating_target", DISSIPATING_TARGETS),
                               ("dissipating_schedule", SCHEDULES),
                               ("collapse", COLLAPSE_POLICIES)):
             if getattr(self, name) not in choices:
@@ -218,20 +251,28 @@ def _kstarts(model, batches, options, sparsity):
     return kstarts_masks(model, batches, sparsity, options.resolved_scope, options.kstarts_k,
                          options.kstarts_epochs, options.kstarts_fitness, _options_seed(options),
                          options.kstarts_steps, options.kstarts_gradient_batches,
-                         options.kstarts_rewind, verbose=0)
+                         options.kstarts_mode, verbose=0)
+
+
+def _kstarts_info(info):
+    # Continuing from the winner: its epochs were the run's first ones.
+    if info["kstarts_mode"] == "continue":
+        info["start_epoch"] = info["kstarts_epochs"]
+    return info
 
 
 def _dissipating_callback(options):
     return DissipatingCallback(options.sparsity, options.resolved_scope,
                                options.dissipating_epochs,
                                options.dissipating_fraction, options.dissipating_schedule,
-                               options.collapse)
+                               options.collapse, options.dissipating_target)
 
 
 @_method("kstarts")
 class KStartsMethod(PruneMethod):
     def initial_masks(self, model, batches, options):
-        return _kstarts(model, batches, options, options.sparsity)
+        masks, info = _kstarts(model, batches, options, options.sparsity)
+        return masks, _kstarts_info(info)
 
 
 @_method("dissipating")
@@ -255,7 +296,7 @@ class KStartsDissipatingMethod(PruneMethod):
         density = options.density ** float(options.kstarts_dissipating_split)
         masks, info = _kstarts(model, batches, options, 1.0 - density)
         info["kstarts_sparsity"] = 1.0 - density
-        return masks, info
+        return masks, _kstarts_info(info)
 
     def callback(self, options):
         return _dissipating_callback(options)
@@ -265,21 +306,29 @@ def method_names():
     return PRUNE_METHODS.names()
 
 
-def compute_masks(model, batches, options, steps_per_epoch=0):
+def compute_masks(model, batches, options, steps_per_epoch=0, callback=None):
     """The mask a run trains under from its first step, and what the method reports.
 
     Runs `options.method` (or loads `options.mask_file`), applies the shuffle
-    ablation, sets the masks on the model and checks for layer collapse. For
-    the methods that act during training, without shuffle the returned mask is
-    the starting one and ``options``'s callback (``make_callback``) does the
-    rest; with shuffle the dissipating epochs are run here first (weights put
-    back afterwards) so that the final mask can be shuffled.
+    ablation, sets the masks on the model and checks for layer collapse.
+
+    For the methods that act during training, `callback` (``make_callback``;
+    None for library callers that start it themselves) is started here, with
+    w_init the kernels at initialization and its removal epochs counted from
+    the epoch training starts at; with ``dissipating_target=calibrate`` its
+    fraction is found first (``dissipating_calibrate``). With shuffle the
+    dissipating epochs are run here (``dissipating_search``) so that the final
+    mask can be shuffled; a shuffled mask always trains from the initial
+    weights and optimizer state, for the full epochs.
 
     Returns:
-      (masks, info).
+      (masks, info). ``info["start_epoch"]``, when present, is the epoch
+      training goes on from (K-starts continuing from its winner).
     """
     method = PRUNE_METHODS.get(options.method)
     fixed_layers(model)
+    initial = kernel_values(model)
+    start = snapshot(model) if options.shuffle and not options.mask_file else None
     if options.mask_file:
         masks = load_masks(options.mask_file)
         set_masks(model, masks)
@@ -287,10 +336,20 @@ def compute_masks(model, batches, options, steps_per_epoch=0):
     else:
         masks, info = method.initial_masks(model, batches, options)
         set_masks(model, masks)
-        if method.during_training and options.shuffle:
-            callback = method.callback(options)
-            masks = dissipating_search(model, batches, callback, steps_per_epoch)
-            info["dissipating_log"] = callback.log
+        if method.during_training and (options.shuffle or callback is not None):
+            callback = method.callback(options) if options.shuffle else callback
+            first_epoch = int(info.get("start_epoch", 0))
+            if options.dissipating_target == "calibrate":
+                fraction = dissipating_calibrate(model, batches, callback, initial, first_epoch,
+                                                 steps_per_epoch)
+                info["dissipating_fraction_calibrated"] = fraction
+            callback.start(model, initial=initial, first_epoch=first_epoch)
+            if options.shuffle:
+                masks = dissipating_search(model, batches, callback, steps_per_epoch)
+                info["dissipating_log"] = callback.log
+    if start is not None:
+        restore(model, start)
+        info.pop("start_epoch", None)
     if options.shuffle:
         masks = shuffle_masks(masks, seed=_seed_list(_options_seed(options)) + [23])
         set_masks(model, masks)

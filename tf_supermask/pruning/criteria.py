@@ -2,9 +2,20 @@
 
 A criterion maps (initial, final) arrays of one layer to scores; the pruning
 step keeps the highest scores (``select.top_masks``). Every base criterion
-also exists as ``<name>_same_sign``: weights whose sign flipped between
-initialization and the end of training rank below every weight that kept its
-sign (they are pruned first), and keep their order among themselves.
+also exists in two sign-aware variants:
+
+* ``<name>_same_sign`` (Zhou et al.'s rule, ``get_weight_init.py``): the score
+  of a weight whose sign flipped between initialization and the end of training
+  is set to 0. For ``large_final`` a flipped weight then ties with the other
+  flipped ones below every kept-sign weight (a tie the lottery breaks at random,
+  as the reference does); for ``magnitude_increase`` a flipped weight (score 0)
+  ranks *above* a same-sign weight that shrank (negative score). The reference
+  defines only ``large_final_same_sign`` and ``magnitude_increase_same_sign``;
+  the others apply the same rule, so for criteria whose scores are at most 0
+  (``small_final``, ``small_init``) flipped weights rank first.
+* ``<name>_same_sign_strict`` (this library's earlier ``_same_sign``): flipped
+  weights rank below every weight that kept its sign (they are pruned first)
+  and keep their order among themselves.
 """
 
 import numpy as np
@@ -32,20 +43,33 @@ def _register(name):
     def decorate(score):
         CRITERIA.register(name)(score)
         CRITERIA.register(f"{name}_same_sign")(_same_sign(score))
+        CRITERIA.register(f"{name}_same_sign_strict")(_same_sign_strict(score))
         return score
     return decorate
+
+
+def _flipped(initial, final):
+    """Where the sign changed (np.sign, so 0 differs from both signs, as in the reference)."""
+    return np.sign(initial) != np.sign(final)
 
 
 def _same_sign(score):
     def same_sign_score(initial, final, rng, eligible):
         scores = np.asarray(score(initial, final, rng, eligible), np.float64)
-        flipped = np.sign(initial) != np.sign(final)
+        return np.where(_flipped(initial, final), 0.0, scores)
+    return same_sign_score
+
+
+def _same_sign_strict(score):
+    def same_sign_strict_score(initial, final, rng, eligible):
+        scores = np.asarray(score(initial, final, rng, eligible), np.float64)
+        flipped = _flipped(initial, final)
         if not flipped.any():
             return scores
         # Shift flipped weights below the lowest kept-sign score, preserving their order.
         span = np.ptp(scores) + 1.0
         return np.where(flipped, scores - span, scores)
-    return same_sign_score
+    return same_sign_strict_score
 
 
 @_register("large_final")

@@ -3,7 +3,9 @@
 Everything here works on NumPy arrays keyed by kernel variable path (the keys of
 ``tf_supermask.layers.get_masks``): masks are chosen rarely, on the host, so the
 same code serves every Keras backend. Ties are broken by position (earlier
-entries first), so a selection is deterministic.
+entries first), so a selection is deterministic, or by given tie-break keys
+(``tiebreak``: higher keys kept first, e.g. seeded random keys as Zhou et al.'s
+``np.lexsort`` with a random key).
 """
 
 import os
@@ -24,18 +26,21 @@ def _size(value):
     return int(np.size(value)) if not isinstance(value, (int, np.integer)) else int(value)
 
 
-def _ranked(score, eligible):
-    """Flat positions of eligible entries, highest score first, ties by position."""
+def _ranked(score, eligible, tiebreak=None):
+    """(flat positions of eligible entries, their scores, their tie-break keys), highest
+    score first, ties by the higher key (default: by position)."""
     flat = np.asarray(score, dtype=np.float64).reshape(-1)
     if np.isnan(flat).any():
         raise ValueError("scores contain NaN")
     positions = np.arange(flat.size) if eligible is None else np.flatnonzero(
         np.asarray(eligible).reshape(-1))
-    order = np.argsort(-flat[positions], kind="stable")
-    return positions[order], flat[positions][order]
+    keys = (np.zeros(flat.size) if tiebreak is None
+            else np.asarray(tiebreak, np.float64).reshape(-1))[positions]
+    order = np.lexsort((-keys, -flat[positions]))  # stable: equal keys stay by position
+    return positions[order], flat[positions][order], keys[order]
 
 
-def top_masks(scores, counts=None, total=None, eligible=None):
+def top_masks(scores, counts=None, total=None, eligible=None, tiebreak=None):
     """Binary float32 masks keeping the highest scores.
 
     Args:
@@ -45,6 +50,8 @@ def top_masks(scores, counts=None, total=None, eligible=None):
       eligible: optional {path: boolean array}; entries where it is False are
         never kept (pruning a fraction of the *remaining* weights passes the
         current mask here).
+      tiebreak: optional {path: array of keys}; among equal scores the higher key
+        is kept first (default: the earlier position).
 
     Returns:
       {path: float32 array of the score's shape with exactly the requested
@@ -57,13 +64,14 @@ def top_masks(scores, counts=None, total=None, eligible=None):
     if (counts is None) == (total is None):
         raise ValueError("give exactly one of counts (per layer) or total (global)")
     eligible = eligible or {}
+    tiebreak = tiebreak or {}
     masks = {path: np.zeros(np.shape(score), np.float32) for path, score in scores.items()}
     if counts is not None:
         missing = sorted(set(scores) - set(counts))
         if missing:
             raise ValueError(f"no kept count for layer(s) {missing}")
         for path, score in scores.items():
-            positions, _ = _ranked(score, eligible.get(path))
+            positions, _, _ = _ranked(score, eligible.get(path), tiebreak.get(path))
             count = int(counts[path])
             if not 0 <= count <= positions.size:
                 raise ValueError(f"{path}: cannot keep {count} of {positions.size} eligible "
@@ -71,16 +79,17 @@ def top_masks(scores, counts=None, total=None, eligible=None):
             masks[path].reshape(-1)[positions[:count]] = 1.0
         return masks
     paths = list(scores)
-    ranked = [_ranked(scores[path], eligible.get(path)) for path in paths]
-    available = sum(positions.size for positions, _ in ranked)
+    ranked = [_ranked(scores[path], eligible.get(path), tiebreak.get(path)) for path in paths]
+    available = sum(positions.size for positions, _, _ in ranked)
     total = int(total)
     if not 0 <= total <= available:
         raise ValueError(f"cannot keep {total} of {available} eligible entries")
-    layer_ids = np.concatenate([np.full(p.size, i) for i, (p, _) in enumerate(ranked)])
-    positions = np.concatenate([p for p, _ in ranked])
-    values = np.concatenate([v for _, v in ranked])
-    # Stable sort over (layer order, position) keeps ties deterministic.
-    keep = np.argsort(-values, kind="stable")[:total]
+    layer_ids = np.concatenate([np.full(p.size, i) for i, (p, _, _) in enumerate(ranked)])
+    positions = np.concatenate([p for p, _, _ in ranked])
+    values = np.concatenate([v for _, v, _ in ranked])
+    keys = np.concatenate([k for _, _, k in ranked])
+    # A stable sort over (layer order, position) keeps remaining ties deterministic.
+    keep = np.lexsort((-keys, -values))[:total]
     for index in keep:
         masks[paths[layer_ids[index]]].reshape(-1)[positions[index]] = 1.0
     return masks

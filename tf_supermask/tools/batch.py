@@ -38,6 +38,7 @@ import collections
 import csv
 import dataclasses
 import datetime
+import functools
 import hashlib
 import importlib.util
 import io
@@ -63,6 +64,12 @@ DONE_SUFFIX = ".done"
 SUMMARY_FIELDS = ("job", "binary", "flagfile", "extra_flags", "status", "test_accuracy",
                   "weights_remaining", "train_seconds", "wall_seconds")
 RESERVED_FLAGS = ("run_dir", "flagfile")
+# Flags that change how a job runs, not what it computes (TrainConfig's RUN_CONTROL_FIELDS,
+# less run_dir): left out of job names, so changing them does not rerun finished jobs.
+RUN_CONTROL_FLAGS = ("overwrite", "export", "verbose", "data_workers", "input_pipeline",
+                     "steps_per_execution")
+# Written into an output folder the runner uses: its summary files may be rewritten.
+MARKER_FILE = ".tf-supermask-batch"
 MAX_NAME_LENGTH = 120
 
 # Exit codes of run_batch's report.
@@ -145,7 +152,8 @@ def _name_part(flag: str) -> str:
 def job_name(binary: str, flagfile: str, flags: Sequence[str] = ()) -> str:
     """A readable folder name: [binary_]flagfile-stem[_flag-value...]."""
     stem = os.path.splitext(os.path.basename(flagfile))[0]
-    parts = ([] if binary == DEFAULT_BINARY else [binary]) + [stem] + [_name_part(f) for f in flags]
+    parts = ([] if binary == DEFAULT_BINARY else [binary]) + [stem] + [
+        _name_part(f) for f in flags if _flag_name(f) not in RUN_CONTROL_FLAGS]
     name = re.sub(r"[^A-Za-z0-9._+-]+", "-", "_".join(parts)).strip(".-") or "job"
     if len(name) > MAX_NAME_LENGTH:
         digest = hashlib.sha256(name.encode()).hexdigest()[:8]
@@ -252,7 +260,12 @@ def select_jobs(jobs: Sequence[Job], only: str = "", shard: str = "") -> List[Jo
     Sharding takes every n-th job starting at i, so n hosts given shards 0/n ...
     (n-1)/n of the same list run each job once.
     """
-    selected = [job for job in jobs if not only or re.search(only, job.name)]
+    try:
+        pattern = re.compile(only)
+    except re.error as error:
+        raise JobListError(f"--only={only!r} is not a valid regular expression: {error}") \
+            from None
+    selected = [job for job in jobs if not only or pattern.search(job.name)]
     if shard:
         match = re.fullmatch(r"(\d+)/(\d+)", shard.strip())
         if not match or not 0 <= int(match[1]) < int(match[2]):
@@ -403,6 +416,9 @@ def _write_atomic(path: str, text: str):
     try:
         with os.fdopen(handle, "w", newline="") as stream:
             stream.write(text)
+        umask = os.umask(0o022)
+        os.umask(umask)
+        os.chmod(temp_path, 0o666 & ~umask)  # mkstemp's 0600 would hide it from the group
         os.replace(temp_path, path)
     except BaseException:
         if os.path.exists(temp_path):
@@ -418,6 +434,45 @@ def write_summary(output: str, jobs: Sequence[Job], outcomes: Dict[str, Outcome]
     writer.writerows(summary_rows(jobs, outcomes))
     _write_atomic(os.path.join(output, "summary.csv"), buffer.getvalue())
     _write_atomic(os.path.join(output, "summary.md"), summary_markdown(jobs, outcomes, title))
+
+
+def check_output_folder(output: str):
+    """Refuses an --output that is a file, or a folder holding summary files this runner
+    did not write (they would be overwritten)."""
+    if os.path.exists(output) and not os.path.isdir(output):
+        raise JobListError(f"--output={output} is a file, not a folder")
+    if not os.path.isdir(output) or os.path.exists(os.path.join(output, MARKER_FILE)):
+        return
+    header = ",".join(SUMMARY_FIELDS)
+    for name in ("summary.csv", "summary.md"):
+        path = os.path.join(output, name)
+        if not os.path.exists(path):
+            continue
+        try:  # a batch from before the marker file: its summary.csv has the runner's header
+            with open(os.path.join(output, "summary.csv")) as stream:
+                ours = stream.readline().strip() == header
+        except OSError:
+            ours = False
+        if not ours:
+            raise JobListError(f"--output={output} holds a {name} that tf-supermask-batch did "
+                               "not write; choose another --output (nothing was changed)")
+
+
+def _die_with_parent(runner_pid: int):
+    """In a job's process before it runs: SIGTERM it when the runner dies, however the
+    runner dies (Linux; elsewhere jobs may outlive a killed runner, and their run
+    directory locks then refuse a second writer)."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != runner_pid:  # the runner died before the line above
+        os._exit(1)
 
 
 def _last_lines(path: str, count: int = 3) -> List[str]:
@@ -438,16 +493,19 @@ class _Running:
             job, process, log, started, index)
 
 
-def _stop(process, grace_seconds=10.0):
-    """SIGTERM, then SIGKILL if the process outlives the grace period."""
-    if process.poll() is not None:
-        return
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(grace_seconds)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
+def _stop(processes, grace_seconds=10.0):
+    """SIGTERM to every process at once, then SIGKILL to those alive after the grace period
+    (one grace period in all, so stopping many jobs takes no longer than stopping one)."""
+    alive = [process for process in processes if process.poll() is None]
+    for process in alive:
+        process.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + grace_seconds
+    for process in alive:
+        try:
+            process.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 def run_batch(jobs: Sequence[Job], output: str, parallel: int = 1,
@@ -474,6 +532,7 @@ def run_batch(jobs: Sequence[Job], output: str, parallel: int = 1,
       A BatchReport; its exit_code is non-zero when a job failed or did not finish.
     """
     stream = stream or sys.stdout
+    check_output_folder(output)
     if parallel < 1:
         raise ValueError(f"parallel must be at least 1, got {parallel}")
     problems = check_flags(extra_flags, "extra flags: ")
@@ -506,6 +565,8 @@ def run_batch(jobs: Sequence[Job], output: str, parallel: int = 1,
         return BatchReport(list(jobs), outcomes)
 
     os.makedirs(output, exist_ok=True)
+    _write_atomic(os.path.join(output, MARKER_FILE), "summary.csv and summary.md here are "
+                  "written by tf-supermask-batch\n")
     job_env = job_environment(parallel, env)
     title = f"Batch in {output}"
     write_summary(output, jobs, outcomes, title)
@@ -557,14 +618,15 @@ def run_batch(jobs: Sequence[Job], output: str, parallel: int = 1,
                           f"{shlex.join(command)}\n")
                 log.flush()
                 process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
-                                           stdin=subprocess.DEVNULL, env=job_env)
+                                           stdin=subprocess.DEVNULL, env=job_env,
+                                           preexec_fn=functools.partial(_die_with_parent,
+                                                                        os.getpid()))
                 running.append(_Running(job, process, log, time.monotonic(), started))
                 outcomes[job.name].status = "running"
                 say(f"[{started:>{len(str(len(todo)))}}/{len(todo)}] start  {job.name}: "
                     f"{job.binary} {job.flagfile} {' '.join(job.flags)}".rstrip())
             if out_of_time:
-                for entry in running:
-                    _stop(entry.process)
+                _stop([entry.process for entry in running])
                 for entry in list(running):
                     running.remove(entry)
                     finish(entry, "stopped" if entry.process.returncode != 0 else None)
@@ -582,8 +644,8 @@ def run_batch(jobs: Sequence[Job], output: str, parallel: int = 1,
             if running:
                 time.sleep(poll_seconds)
     except BaseException:
+        _stop([entry.process for entry in running])
         for entry in running:
-            _stop(entry.process)
             entry.log.close()
             outcomes[entry.job.name].status = "stopped"
         write_summary(output, jobs, outcomes, title)

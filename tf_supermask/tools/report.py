@@ -5,14 +5,21 @@ level of a lottery experiment, or one arm at one sparsity of a comparison
 (tf-supermask-finetune --compare; labelled by its arm). Points are grouped into variants by the
 flags that differ between the given runs (seeds, output paths and, for plain
 runs, the kept fraction k excepted), so the same call draws a criteria
-comparison, a sweep over k or a ticket against its controls. Within a variant,
-points at the same level (or the same k) are aggregated over seeds: the mean,
-and the min/max band the LTH and Zhou et al. figures draw.
+comparison, a sweep over k or a ticket against its controls. The backend
+(TensorFlow or JAX, from results.json) is part of the variant, so runs of
+both are never pooled as seeds. Within a variant, points at the same level
+(a lottery level, k for top-k runs, the sparsity for pruning at
+initialization and fine-tuning) are aggregated over seeds: the mean, and the
+min-max band the LTH and Zhou et al. figures draw; every plot says so.
+
+An earlier report's ``.csv`` can stand in for its run directories (the plots
+are drawn again from it, e.g. after a change of style).
 """
 
 import csv
 import io
 import os
+import textwrap
 
 import numpy as np
 
@@ -33,6 +40,8 @@ def _points_of(run_dir):
     with open(flags_path) as stream:
         flags = parse_flagfile(stream.read())
     results = read_json(results_path)
+    # Runs written before JAX support recorded no backend: they ran on TensorFlow.
+    flags = dict(flags, backend=results.get("backend", "tensorflow"))
     base = {"run_dir": run_dir, "seed": flags.get("seed", "0")}
     if "arms" in results:
         return [(flags, {**base, "level": entry["sparsity"], "arm": entry["arm"],
@@ -45,9 +54,23 @@ def _points_of(run_dir):
                          "weights_remaining": entry["weights_remaining"],
                          **{metric: entry[metric] for metric in METRICS if metric in entry}})
                 for entry in results["levels"]]
-    point = {**base, "level": flags.get("k", ""), "weights_remaining": results["weights_remaining"],
+    point = {**base, "level": plain_level(flags), "weights_remaining": results["weights_remaining"],
              **{metric: results[metric] for metric in METRICS if metric in results}}
     return [(flags, point)]
+
+
+def plain_level(flags):
+    """What sets a plain run's sparsity, for the level column: k for top-k, the sparsity
+    for pruning at initialization and fine-tuning, "" otherwise."""
+    if flags.get("mask") == "topk":
+        return f"k={flags.get('k', '0.5')}"
+    if "sparsity" in flags:
+        return f"sparsity={flags['sparsity']}"
+    return ""
+
+
+# Level-setting flags of plain runs: the x axis, not a variant.
+LEVEL_FLAGS = ("k", "sparsity")
 
 
 def collect(run_dirs):
@@ -59,11 +82,13 @@ def collect(run_dirs):
     """
     if not run_dirs:
         raise ValueError("no run directories given")
+    if all(str(path).endswith(".csv") for path in run_dirs):
+        return [point for path in run_dirs for point in points_from_csv(path)]
     entries = [entry for run_dir in run_dirs for entry in _points_of(run_dir)]
     # Flags some runs lack were added by newer code: they do not tell variants apart.
     names = sorted(set.intersection(*(set(flags) for flags, _ in entries)) - set(IGNORED_FLAGS))
     lottery = any("levels" in read_json(os.path.join(d, RESULTS_FILE)) for d in run_dirs)
-    ignored = set() if lottery else {"k"}
+    ignored = set() if lottery else set(LEVEL_FLAGS)
     varying = [name for name in names if name not in ignored
                and len({flags.get(name) for flags, _ in entries}) > 1]
     points = []
@@ -73,6 +98,22 @@ def collect(run_dirs):
         if flags.get("masks_from"):
             label += " (masks of another run)"
         points.append({"variant": label, **point})
+    return points
+
+
+def points_from_csv(path):
+    """The points of an earlier report's ``.csv`` (as `collect` returns them)."""
+    with open(path, newline="") as stream:
+        rows = list(csv.DictReader(stream))
+    points = []
+    for row in rows:
+        point = {key: value for key, value in row.items() if value != ""}
+        point.setdefault("level", "")
+        point["weights_remaining"] = float(point["weights_remaining"])
+        for metric in METRICS:
+            if metric in point:
+                point[metric] = float(point[metric])
+        points.append(point)
     return points
 
 
@@ -95,10 +136,11 @@ def aggregate(points, metric="test_accuracy"):
 
 
 def _level_key(level):
+    text = str(level).rsplit("=", 1)[-1]
     try:
-        return (0, float(level))
+        return (str(level).rsplit("=", 1)[0] if "=" in str(level) else "", 0, float(text))
     except (TypeError, ValueError):
-        return (1, str(level))
+        return ("", 1, str(level))
 
 
 def to_csv(points):
@@ -153,8 +195,30 @@ def correlation_markdown(run_dirs):
     return "\n".join(parts) + "\n"
 
 
+# Words shortened in legend labels (flag names and values).
+ABBREVIATIONS = (("weights", "w."), ("_same_sign", " same sign"), ("shuffle_mask=true", "random mask"),
+                 ("shuffle_mask=false", ""), ("reinit=reinit", "random reinit"),
+                 ("reinit=rewind", "rewind"), ("criterion=", ""), ("backend=", ""),
+                 ("(masks of another run)", "(other masks)"))
+MARKERS = ("o", "s", "^", "v", "D", "P", "X", "*")
+LINESTYLES = ("-", "--", "-.", ":")
+BAND_NOTE = "line: mean over seeds; band: min to max over seeds"
+
+
+def short_label(variant, width=28):
+    """A legend label: the variant's differing flags, abbreviated and wrapped."""
+    label = variant
+    for long, short in ABBREVIATIONS:
+        label = label.replace(long, short)
+    label = ", ".join(part.strip() for part in label.split(",") if part.strip())
+    label = label.replace(", (", " (")
+    return "\n".join(textwrap.wrap(label.replace("_", " "), width)) or variant
+
+
 def plot(points, path, metric="test_accuracy", title=None):
-    """PNG of `metric` against percent of weights remaining (log scale, decreasing to the right)."""
+    """PNG of `metric` against percent of weights remaining (log scale, decreasing to the
+    right): one line per variant (mean over seeds; each its own marker and line style, so
+    none hides another), its min-max band over seeds, the legend beside the axes."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -163,13 +227,15 @@ def plot(points, path, metric="test_accuracy", title=None):
     table = aggregate(points, metric)
     if not table:
         raise ValueError(f"no run reports {metric}")
-    figure, axes = plt.subplots(figsize=(7, 4.5))
-    for variant, rows in table.items():
+    figure, axes = plt.subplots(figsize=(9, 4.8))
+    for index, (variant, rows) in enumerate(table.items()):
         x = [100 * row["weights_remaining"] for row in rows]
-        line, = axes.plot(x, [100 * row["mean"] for row in rows], marker="o", markersize=3,
-                          label=variant)
+        line, = axes.plot(x, [100 * row["mean"] for row in rows],
+                          marker=MARKERS[index % len(MARKERS)], markersize=4,
+                          linestyle=LINESTYLES[index % len(LINESTYLES)],
+                          label=short_label(variant))
         axes.fill_between(x, [100 * row["min"] for row in rows], [100 * row["max"] for row in rows],
-                          color=line.get_color(), alpha=0.2, linewidth=0)
+                          color=line.get_color(), alpha=0.15, linewidth=0)
     axes.set_xscale("log")
     axes.invert_xaxis()
     ticks = sorted({round(100 * row["weights_remaining"], 1) for rows in table.values()
@@ -178,12 +244,16 @@ def plot(points, path, metric="test_accuracy", title=None):
         axes.set_xticks(ticks)
         axes.set_xticklabels([f"{tick:g}" for tick in ticks], rotation=45)
         axes.minorticks_off()
-    axes.set_xlabel("percent of weights remaining (log scale)")
+    axes.set_xlabel("% of weights remaining (log scale)")
     axes.set_ylabel(f"{metric.replace('_', ' ')} (%)")
     axes.grid(True, alpha=0.3)
-    axes.legend(fontsize=7)
-    if title:
-        axes.set_title(title)
+    axes.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    heading = title or ""
+    if metric == "untrained_test_accuracy":
+        heading = (heading + ": " if heading else "") + "masks on the untrained network"
+    seeds = sorted({row["seeds"] for rows in table.values() for row in rows})
+    note = f"{BAND_NOTE} ({'/'.join(str(n) for n in seeds)} seeds)"
+    axes.set_title(f"{heading}\n{note}" if heading else note, fontsize=9)
     figure.tight_layout()
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
@@ -193,8 +263,14 @@ def plot(points, path, metric="test_accuracy", title=None):
     os.replace(temp, path)
 
 
-def write_report(run_dirs, output_prefix, title=None):
+def write_report(run_dirs, output_prefix, title=None, plots_only=False):
     """Writes <prefix>.csv, <prefix>.md and one <prefix>[_metric].png per metric present.
+
+    Args:
+      run_dirs: run directories, or the .csv files of earlier reports.
+      output_prefix: path of the outputs without their extensions.
+      title: the plots' title.
+      plots_only: write only the PNGs (the .csv and .md stay as they are).
 
     Returns:
       The list of files written.
@@ -203,9 +279,18 @@ def write_report(run_dirs, output_prefix, title=None):
 
     points = collect(run_dirs)
     written = []
+    if plots_only:
+        return _write_plots(points, output_prefix, title)
     write_atomic(output_prefix + ".csv", to_csv(points))
-    write_atomic(output_prefix + ".md", to_markdown(points) + correlation_markdown(run_dirs))
+    csv_only = all(str(path).endswith(".csv") for path in run_dirs)
+    write_atomic(output_prefix + ".md", to_markdown(points) + (
+        "" if csv_only else correlation_markdown(run_dirs)))
     written += [output_prefix + ".csv", output_prefix + ".md"]
+    return written + _write_plots(points, output_prefix, title)
+
+
+def _write_plots(points, output_prefix, title):
+    written = []
     for metric in METRICS:
         if any(metric in point for point in points):
             suffix = "" if metric == "test_accuracy" else "_" + metric.replace("_test_accuracy", "")

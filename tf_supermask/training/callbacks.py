@@ -1,14 +1,18 @@
 """Callbacks that put mask statistics into the epoch logs (and so into TensorBoard and CSV),
 and draw the masks as TensorBoard images."""
 
+import contextlib
 import math
 import os
+import shutil
+import time
 import warnings
 
 import keras
 import numpy as np
 
 from tf_supermask.layers import weights_remaining
+from tf_supermask.training import run_dir as run_dir_lib
 
 
 class WeightsRemainingLogger(keras.callbacks.Callback):
@@ -173,3 +177,171 @@ class MaskImageLogger(keras.callbacks.Callback):
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+
+
+class RunBackup(keras.callbacks.Callback):
+    """End-of-epoch backup of a run that survives a kill at any moment (replaces Keras's
+    ``BackupAndRestore``).
+
+    Each epoch writes the weights (with the optimizer's state) to
+    ``epoch_<n>.weights.h5``, then commits ``state.json``: the epochs done, that
+    file's name and SHA-256, the per-epoch history so far, the training seconds so
+    far and the states of the model's seed generators (Bernoulli masks sample with
+    them; ``save_weights`` leaves them out). Both go through a temporary name and a
+    rename, and ``state.json`` is written last, so a kill at any point leaves the
+    previous backup or the new one, whole. The backup is kept when training ends;
+    the trainer discards it once the run's final files are written.
+
+    An epoch whose loss is not finite is not backed up (a diverged run resumes from
+    the last good epoch).
+
+    Args:
+      backup_dir: the folder (``<run_dir>/checkpoints/backup``).
+    """
+
+    STATE = "state.json"
+
+    def __init__(self, backup_dir):
+        super().__init__()
+        self.backup_dir = backup_dir
+        self.epochs_done = 0
+        self.history = {}
+        self.train_seconds = 0.0
+        self._seconds_before = 0.0
+        self._start = None
+        self._epoch = 0
+        self._kill_batch = None
+
+    # Restoring.
+
+    def _damaged(self, problem):
+        warnings.warn(f"discarding damaged resume checkpoint in {self.backup_dir} ({problem}); "
+                      "the run restarts from its first epoch")
+        self.discard()
+        return 0
+
+    def restore(self, model):
+        """Loads the backup into `model` (built and compiled) if there is a sound one.
+
+        A damaged backup (unreadable or incomplete ``state.json``, missing weights,
+        weights that do not match their checksum) is removed with a warning.
+
+        Returns:
+          The number of epochs done (0: start from the first epoch).
+        """
+        import hashlib
+        import json
+
+        state_path = os.path.join(self.backup_dir, self.STATE)
+        if not os.path.isdir(self.backup_dir):
+            return 0
+        if not os.path.exists(state_path):
+            if any(name.endswith(".h5") for name in os.listdir(self.backup_dir)):
+                return self._damaged(f"no {self.STATE}")
+            return 0
+        try:
+            with open(state_path) as stream:
+                state = json.load(stream)
+            epochs_done = int(state["epoch"])
+            weights_path = os.path.join(self.backup_dir, os.path.basename(state["weights"]))
+            history = {str(key): [float(value) for value in values]
+                       for key, values in state["history"].items()}
+            train_seconds = float(state["train_seconds"])
+            seeds = [(str(path), list(value)) for path, value in state["seed_states"]]
+            expected_hash = str(state["sha256"])
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            return self._damaged(f"{self.STATE} unreadable: {type(error).__name__}: {error}")
+        if not os.path.exists(weights_path):
+            return self._damaged(f"{os.path.basename(weights_path)} is missing")
+        with open(weights_path, "rb") as stream:
+            if hashlib.sha256(stream.read()).hexdigest() != expected_hash:
+                return self._damaged(f"{os.path.basename(weights_path)} does not match its "
+                                     "checksum")
+        seed_variables = seed_state_variables(model)
+        # Paths are not compared: Keras numbers seed generators per process.
+        if [np.shape(value) for _, value in seeds] != [tuple(variable.shape)
+                                                      for variable in seed_variables]:
+            return self._damaged("its seed generators differ from the model's")
+        if model.optimizer is not None and not model.optimizer.built:
+            model.optimizer.build(model.trainable_variables)
+        model.load_weights(weights_path)
+        for variable, (_, value) in zip(seed_variables, seeds):
+            variable.assign(np.asarray(value, dtype=variable.dtype))
+        self.epochs_done, self.history, self.train_seconds = epochs_done, history, train_seconds
+        return epochs_done
+
+    def discard(self):
+        """Removes the backup (once the run's final files are safely written)."""
+        shutil.rmtree(self.backup_dir, ignore_errors=True)
+
+    # Saving.
+
+    def on_train_begin(self, logs=None):
+        self._start = time.time()
+        self._seconds_before = self.train_seconds
+        kill_at = os.environ.get(run_dir_lib.KILL_ENV, "")
+        if kill_at.startswith("batch:"):  # test hook: "batch:<epoch>:<batch>"
+            self._kill_batch = kill_at
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self._kill_batch is not None:
+            run_dir_lib.kill_point(f"batch:{self._epoch}:{batch}")
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        for key, value in logs.items():
+            if "/" not in key:
+                try:
+                    self.history.setdefault(key, []).append(float(value))
+                except (TypeError, ValueError):
+                    continue
+        self.train_seconds = self._seconds_before + time.time() - self._start
+        if not math.isfinite(float(logs.get("loss", 0.0))):
+            return
+        self.save(epoch + 1)
+
+    def save(self, epochs_done):
+        """Backs up the model as it is after `epochs_done` epochs."""
+        import hashlib
+
+        name = f"epoch_{epochs_done}.weights.h5"
+        weights_path = os.path.join(self.backup_dir, name)
+        with run_dir_lib.atomic_file(weights_path) as temp_path:
+            self.model.save_weights(temp_path, overwrite=True)
+            with open(temp_path, "rb") as stream:
+                digest = hashlib.sha256(stream.read()).hexdigest()
+        run_dir_lib.kill_point(f"backup_weights:{epochs_done}")
+        state = {"epoch": epochs_done, "weights": name, "sha256": digest,
+                 "history": self.history, "train_seconds": self.train_seconds,
+                 "seed_states": [[variable.path,
+                                  np.asarray(keras.ops.convert_to_numpy(variable)).tolist()]
+                                 for variable in seed_state_variables(self.model)]}
+        run_dir_lib.write_json(os.path.join(self.backup_dir, self.STATE), state)
+        self.epochs_done = epochs_done
+        run_dir_lib.kill_point(f"backup:{epochs_done}")
+        for old in os.listdir(self.backup_dir):
+            if old != name and old.endswith(".weights.h5") and not old.startswith(".tmp-"):
+                with contextlib.suppress(OSError):
+                    os.remove(os.path.join(self.backup_dir, old))
+
+
+def seed_state_variables(model):
+    """The model's state variables that ``save_weights`` leaves out (its seed generators'
+    states), in a fixed order."""
+    weights = {id(variable) for variable in model.weights}
+    return [variable for variable in model.non_trainable_variables if id(variable) not in weights]
+
+
+class DivergedError(FloatingPointError):
+    """Training produced a loss that is not finite."""
+
+
+def check_finite_history(history):
+    """Raises DivergedError if any epoch's loss in `history` is NaN or infinite."""
+    for epoch, loss in enumerate(history.get("loss", [])):
+        if not math.isfinite(loss):
+            raise DivergedError(f"training diverged: the loss became {loss} in epoch {epoch + 1}; "
+                                "no results were written (try a lower --lr)")

@@ -12,7 +12,7 @@ class TrainConfig:
     """Everything that defines a dense or supermask training run."""
 
     # Model and mask.
-    model: str = option("fc", "Registered model: fc, conv2, conv4, conv6, conv8.")
+    model: str = option("fc", "Registered model name (tf_supermask.models.MODELS).")
     mask: str = option("dense", "Mask mode: dense (baseline), bernoulli (Zhou et al.), topk "
                        "(edge-popup), fixed (a given mask).", MASKS)
     k: float = option(0.5, "Fraction of weights KEPT per layer by the topk mask, in (0, 1].")
@@ -21,7 +21,9 @@ class TrainConfig:
                        "signed_glorot_constant, or patches (PatchesInit: conv filters from "
                        "training-data patches, see the patches_* flags).")
     score_init: str = option("", "Score initializer (empty: uniform for bernoulli, "
-                             "kaiming_uniform for topk).")
+                             "kaiming_uniform_a_sqrt5 for topk: uniform(+-1/sqrt(fan_in)) as "
+                             "hidden-networks; kaiming_uniform, uniform(+-sqrt(6/fan_in)), was "
+                             "the default before).")
     scale_fan: bool = option(False, "Scale the initializer's fan by k (edge-popup).")
     rescale: bool = option(False, "Dynamic weight rescaling by #weights / #kept (Zhou et al.).")
     train_weights: str = option("auto", "Whether kernels train: auto (dense/fixed yes, "
@@ -77,17 +79,28 @@ class TrainConfig:
     train_size: int = option(0, "Keep only this many training images (0: all).")
     augment: bool = option(False, "CIFAR augmentation: random crop (4-pixel padding), flip.")
     data_workers: int = option(1, "Threads preparing training batches (more keep a GPU busy).")
+    input_pipeline: str = option("host", "Where training batches are made: host (NumPy) or "
+                                 "device (the uint8 training set in device memory, cropped, "
+                                 "flipped and normalised there; same batches).",
+                                 ("host", "device"))
 
     # Optimization.
     optimizer: str = option("sgd", "Optimizer.", ("sgd", "adam", "adamw", "rmsprop"))
     lr: float = option(0.1, "Learning rate.")
-    lr_schedule: str = option("constant", "Learning-rate schedule: constant, cosine, step "
-                              "(times lr_gamma at lr_milestones).", ("constant", "cosine", "step"))
+    lr_schedule: str = option("constant", "Learning-rate schedule: constant, cosine (decays "
+                              "every step), cosine_epoch (0.5 * (1 + cos(pi * e / E)) * lr, set "
+                              "once per epoch e as hidden-networks does), step (times lr_gamma "
+                              "at lr_milestones).", ("constant", "cosine", "cosine_epoch", "step"))
     lr_milestones: str = option("", "Comma-separated epochs where the step schedule decays.")
     lr_gamma: float = option(0.1, "Decay factor of the step schedule.")
     warmup_epochs: int = option(0, "Linear learning-rate warm-up epochs.")
-    weight_decay: float = option(0.0, "Decoupled weight decay on trainable variables "
-                                 "(scores in supermask modes).")
+    weight_decay: float = option(0.0, "Weight decay on trainable variables (scores in "
+                                 "supermask modes); the rule is --weight_decay_mode.")
+    weight_decay_mode: str = option("auto", "How --weight_decay acts: l2 (wd * param added to "
+                                    "the gradient before momentum, PyTorch's weight_decay, as in "
+                                    "hidden-networks, open_lth and Liu et al.), decoupled (Keras's "
+                                    "param -= lr * wd * param each step), auto (decoupled for "
+                                    "adamw, l2 otherwise).", ("auto", "l2", "decoupled"))
     momentum: float = option(0.9, "SGD / RMSprop momentum.")
     nesterov: bool = option(False, "Nesterov momentum (sgd).")
     epochs: int = option(10, "Training epochs.")
@@ -102,17 +115,22 @@ class TrainConfig:
     jit_compile: str = option("auto", "XLA compilation of the train step.",
                               ("auto", "true", "false"))
     mixed_precision: bool = option(False, "mixed_float16 (TF) / mixed_bfloat16 (JAX) compute.")
+    steps_per_execution: int = option(1, "Training steps per compiled call (callbacks, "
+                                      "checkpoints and TensorBoard stay per epoch).")
 
     # Outputs.
     run_dir: str = option("", "Run directory (empty: runs/<model>_<mask>_<dataset>_<hash>).")
     overwrite: bool = option(False, "Replace a finished run or one made with other flags.")
     export: bool = option(False, "Write a SavedModel to <run_dir>/saved_model.")
-    verbose: int = option(1, "Keras verbosity: 0 silent, 1 progress bar, 2 one line per epoch.")
+    verbose: int = option(1, "Output: 0 silent, 1 progress bar on a terminal (one line per "
+                          "epoch when output goes to a file or pipe), 2 one line per epoch, 3 as "
+                          "1 plus TensorFlow's and absl's own log messages (debugging).")
 
     def __post_init__(self):
         from tf_supermask.layers.masks import check_k
 
         check_k(self.k, "--k")
+        check_fields(self)
         if self.epochs < 1:
             raise ValueError(f"--epochs must be at least 1, got {self.epochs}")
         if self.batch_size < 1:
@@ -121,6 +139,9 @@ class TrainConfig:
             raise ValueError(f"--lr must be positive, got {self.lr}")
         if self.lr_schedule == "step" and not self.milestones():
             raise ValueError("--lr_schedule=step needs --lr_milestones, e.g. 80,120")
+        from tf_supermask.training.optim import resolve_weight_decay_mode
+
+        resolve_weight_decay_mode(self.optimizer, self.weight_decay_mode)
         from tf_supermask.layers import INITIALIZERS
         from tf_supermask.models import MODELS
 
@@ -172,6 +193,55 @@ class TrainConfig:
                                               "false": False}[self.prune_first_layer])
 
 
+# Numeric fields with a bound beyond "finite": name -> (test, what the flag must be).
+FIELD_BOUNDS = {
+    "width": (lambda value: value > 0, "positive"),
+    "steps_per_epoch": (lambda value: value >= 0, ">= 0 (0: the whole training set)"),
+    "momentum": (lambda value: 0 <= value < 1, "in [0, 1)"),
+    "weight_decay": (lambda value: value >= 0, ">= 0"),
+    "lr_gamma": (lambda value: value > 0, "positive"),
+    "warmup_epochs": (lambda value: value >= 0, ">= 0"),
+    "train_size": (lambda value: value >= 0, ">= 0 (0: all)"),
+    "validation_size": (lambda value: value >= 0, ">= 0"),
+    "data_workers": (lambda value: value >= 1, "at least 1"),
+    "steps_per_execution": (lambda value: value >= 1, "at least 1"),
+    "verbose": (lambda value: value in (0, 1, 2, 3), "0, 1, 2 or 3"),
+}
+
+
+def check_fields(config, bounds=None):
+    """Refuses non-finite floats in any field of `config` and values outside `bounds`
+    ({name: (test, description)}, FIELD_BOUNDS by default), before anything is written."""
+    import math
+
+    bounds = FIELD_BOUNDS if bounds is None else bounds
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"--{field.name} must be a finite number, got {value}")
+        if field.name in bounds and not isinstance(value, bool):
+            test, description = bounds[field.name]
+            if not test(value):
+                raise ValueError(f"--{field.name} must be {description}, got {value}")
+
+
+# The groups of TrainConfig's flags in --help, by the first field of each group (every
+# field up to the next start belongs to it, in declaration order).
+FLAG_GROUP_STARTS = {"model": "Model and mask", "patches_images": "PatchesInit (only with "
+                     "--init=patches)", "prune_first_layer": "Model and mask", "dataset": "Data",
+                     "optimizer": "Optimisation", "strategy": "Run control"}
+
+
+def flag_groups():
+    """[(title, [TrainConfig field names])], titles in first-appearance order."""
+    groups, title = {}, None
+    for field in dataclasses.fields(TrainConfig):
+        title = FLAG_GROUP_STARTS.get(field.name, title)
+        groups.setdefault(title, []).append(field.name)
+    return list(groups.items())
+
+
 # Fields that do not change what a run computes: ignored when deciding whether an
 # existing run directory was made with the same flags.
-RUN_CONTROL_FIELDS = ("run_dir", "overwrite", "export", "verbose", "data_workers")
+RUN_CONTROL_FIELDS = ("run_dir", "overwrite", "export", "verbose", "data_workers",
+                      "input_pipeline", "steps_per_execution")

@@ -1,31 +1,85 @@
-"""Run directories: created, resumed, or refused, never silently overwritten."""
+"""Run directories: created, resumed, or refused, never silently overwritten; one writer each.
 
+Every file of a run is written under a temporary name in its folder and renamed into
+place (``atomic_file``), so a process killed at any moment leaves either the old file
+or the new one, never half of one. A run directory is held by one process at a time
+through an OS-level lock (``flock`` on ``<run_dir>/.lock``), which the operating
+system releases when that process ends, however it ends.
+"""
+
+import contextlib
+import datetime
 import json
 import os
 import shutil
+import signal
+import socket
 import tempfile
 
 FLAGS_FILE = "flags.txt"
 RESULTS_FILE = "results.json"
+LOCK_FILE = ".lock"
+
+# Test hook: a process whose environment names one of the points passed to kill_point()
+# kills itself there with SIGKILL, so tests can interrupt the production code path at an
+# exact moment.
+KILL_ENV = "TF_SUPERMASK_KILL_AT"
 
 
 class RunDirError(ValueError):
     """A run directory that cannot be used as asked."""
 
 
-def write_atomic(path, text):
-    """Writes `text` to `path` through a temporary file and a rename."""
+class RunDirBusy(RunDirError):
+    """Another process is writing the run directory."""
+
+
+def kill_point(name):
+    """SIGKILLs this process if the environment variable ``TF_SUPERMASK_KILL_AT`` is `name`
+    (a test hook; does nothing otherwise)."""
+    if os.environ.get(KILL_ENV) == name:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def file_mode():
+    """The mode a new file gets from ``open()`` under the current umask (0o666 & ~umask)."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+@contextlib.contextmanager
+def atomic_file(path):
+    """Yields a temporary path beside `path`; on success it is renamed onto `path`.
+
+    The temporary name keeps `path`'s ending (Keras checks for ``.keras`` and
+    ``.weights.h5``). On an error, or a signal turned into an exception, the
+    temporary file is removed and `path` is left as it was. The new file gets the
+    permissions the umask allows (``mkstemp`` alone would create it 0600).
+    """
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    handle, temp_path = tempfile.mkstemp(dir=folder, prefix=".tmp-")
+    handle, temp_path = tempfile.mkstemp(dir=folder, prefix=".tmp-",
+                                         suffix="-" + os.path.basename(path))
+    os.close(handle)
     try:
-        with os.fdopen(handle, "w") as stream:
-            stream.write(text)
+        yield temp_path
+        os.chmod(temp_path, file_mode())
+        kill_point("before_rename:" + os.path.basename(path))
         os.replace(temp_path, path)
     except BaseException:
-        if os.path.exists(temp_path):
+        with contextlib.suppress(OSError):
             os.remove(temp_path)
         raise
+
+
+def write_atomic(path, text):
+    """Writes `text` to `path` through a temporary file and a rename."""
+    with atomic_file(path) as temp_path:
+        with open(temp_path, "w") as stream:
+            stream.write(text)
+            stream.flush()
+            os.fsync(stream.fileno())
 
 
 def write_json(path, data):
@@ -54,48 +108,188 @@ def parse_flagfile(text, ignore=()):
     return values
 
 
-def prepare(run_dir, flagfile_text, overwrite=False, ignore=()):
-    """Makes `run_dir` ready for a run with the given flags.
+# Locks this process holds: real path of the run directory -> open lock file.
+_HELD = {}
+
+
+def _holder(lock_path):
+    try:
+        with open(lock_path) as stream:
+            return stream.read().strip() or "an unknown process"
+    except OSError:
+        return "an unknown process"
+
+
+def acquire(run_dir):
+    """Makes this process the only writer of `run_dir` (created if missing).
+
+    Returns:
+      True if the lock was taken now, False if this process already held it.
+
+    Raises:
+      RunDirBusy: another process holds the run directory (the message names it:
+        pid, host, start time).
+      RunDirError: the folder cannot be written.
+    """
+    import fcntl
+
+    key = os.path.realpath(run_dir)
+    if key in _HELD:
+        return False
+    lock_path = os.path.join(run_dir, LOCK_FILE)
+    try:
+        os.makedirs(run_dir, exist_ok=True)
+        stream = open(lock_path, "a+")
+    except OSError as error:
+        raise RunDirError(f"cannot write in {run_dir}: {error.strerror}") from None
+    try:
+        fcntl.flock(stream.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        stream.close()
+        raise RunDirBusy(f"{run_dir} is in use by another run ({_holder(lock_path)}); "
+                          "wait for it to finish or stop it") from None
+    started = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    stream.seek(0)
+    stream.truncate()
+    stream.write(f"pid {os.getpid()} on {socket.gethostname()}, started {started}\n")
+    stream.flush()
+    with contextlib.suppress(OSError):
+        os.chmod(lock_path, file_mode())
+    _HELD[key] = stream
+    return True
+
+
+def release(run_dir):
+    """Gives up this process's lock on `run_dir` (the lock file stays; it is empty then)."""
+    stream = _HELD.pop(os.path.realpath(run_dir), None)
+    if stream is not None:
+        with contextlib.suppress(OSError):
+            stream.truncate(0)
+        stream.close()  # closing the file releases the flock
+
+
+def _entries(run_dir):
+    """The folder's entries other than the lock file."""
+    return [name for name in os.listdir(run_dir) if name != LOCK_FILE]
+
+
+def _problem(run_dir, flagfile_text, ignore):
+    """Why `run_dir` cannot be resumed with these flags (None: new or resumable)."""
+    if not os.path.isdir(run_dir) or not _entries(run_dir):
+        return None
+    flags_path = os.path.join(run_dir, FLAGS_FILE)
+    if not os.path.exists(flags_path):
+        return f"{run_dir} is not empty and holds no {FLAGS_FILE}: not a run directory"
+    if os.path.exists(os.path.join(run_dir, RESULTS_FILE)):
+        return f"{run_dir} holds a finished run ({RESULTS_FILE} exists)"
+    with open(flags_path) as stream:
+        old = parse_flagfile(stream.read(), ignore)
+    new = parse_flagfile(flagfile_text, ignore)
+    # A flag only one side knows was added (or removed) by a newer version of the
+    # code: it does not make the runs differ.
+    changed = sorted(name for name in set(old) & set(new) if old[name] != new[name])
+    if changed:
+        details = ", ".join(f"--{name}: {old.get(name)} -> {new.get(name)}" for name in changed)
+        return f"{run_dir} holds a run made with other flags ({details})"
+    return None
+
+
+def check(run_dir, flagfile_text, overwrite=False, ignore=()):
+    """Decides what a run with these flags does with `run_dir`, and locks it; writes nothing
+    else.
 
     Args:
       run_dir: the folder.
-      flagfile_text: the run's effective flags (written to flags.txt).
+      flagfile_text: the run's effective flags.
       overwrite: replace a finished run, or one made with other flags.
       ignore: flag names that do not matter when comparing with an existing run.
 
     Returns:
-      "new" for a fresh run, "resume" for an unfinished run with the same flags.
+      "new" (empty or missing folder), "resume" (an unfinished run with the same
+      flags) or "replace" (a run to be replaced, with `overwrite`); pass it to
+      ``begin`` once the new run has started correctly.
 
     Raises:
       RunDirError: the folder holds a finished run, a run with other flags, or
-        something that is not a run directory, and `overwrite` is False.
+        something that is not a run directory, and `overwrite` is False; or another
+        process holds it; or it cannot be written.
     """
-    flags_path = os.path.join(run_dir, FLAGS_FILE)
-    if os.path.isdir(run_dir) and os.listdir(run_dir):
-        problem = None
-        if not os.path.exists(flags_path):
-            problem = f"{run_dir} is not empty and holds no {FLAGS_FILE}: not a run directory"
-        elif os.path.exists(os.path.join(run_dir, RESULTS_FILE)):
-            problem = f"{run_dir} holds a finished run ({RESULTS_FILE} exists)"
-        else:
-            with open(flags_path) as stream:
-                old = parse_flagfile(stream.read(), ignore)
-            new = parse_flagfile(flagfile_text, ignore)
-            # A flag only one side knows was added (or removed) by a newer version
-            # of the code: it does not make the runs differ.
-            changed = sorted(name for name in set(old) & set(new) if old[name] != new[name])
-            if changed:
-                details = ", ".join(f"--{name}: {old.get(name)} -> {new.get(name)}"
-                                    for name in changed)
-                problem = f"{run_dir} holds a run made with other flags ({details})"
-        if problem is None:
-            return "resume"
-        if not overwrite:
-            raise RunDirError(f"{problem}. Nothing was changed; pass --overwrite to replace "
-                              "it, or choose another --run_dir.")
-        shutil.rmtree(run_dir)
-    elif os.path.exists(run_dir) and not os.path.isdir(run_dir):
+    if os.path.exists(run_dir) and not os.path.isdir(run_dir):
         raise RunDirError(f"{run_dir} exists and is not a directory")
-    os.makedirs(run_dir, exist_ok=True)
-    write_atomic(flags_path, flagfile_text)
-    return "new"
+    try:
+        acquire(run_dir)
+    except RunDirBusy:
+        raise
+    except RunDirError:
+        problem = _problem(run_dir, flagfile_text, ignore)
+        if problem and not overwrite:  # the more useful message on a read-only finished run
+            raise RunDirError(f"{problem}. Nothing was changed.") from None
+        raise
+    problem = _problem(run_dir, flagfile_text, ignore)
+    if problem is None:
+        return "resume" if _entries(run_dir) else "new"
+    if not overwrite:
+        raise RunDirError(f"{problem}. Nothing was changed; pass --overwrite to replace "
+                          "it, or choose another --run_dir.")
+    return "replace"
+
+
+def remove_temporaries(run_dir):
+    """Removes the temporary files a killed writer left in `run_dir` (call with the lock
+    held, so that no writer is using them)."""
+    for folder, _, files in os.walk(run_dir):
+        for name in files:
+            if name.startswith(".tmp-"):
+                with contextlib.suppress(OSError):
+                    os.remove(os.path.join(folder, name))
+
+
+def begin(run_dir, flagfile_text, state):
+    """Starts the run decided by ``check``: clears a replaced run, or the temporary files
+    of a killed attempt of a resumed one; writes flags.txt."""
+    if state == "resume":
+        remove_temporaries(run_dir)
+        return
+    if state == "replace":
+        for name in _entries(run_dir):
+            path = os.path.join(run_dir, name)
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path)
+            else:
+                os.remove(path)
+    write_atomic(os.path.join(run_dir, FLAGS_FILE), flagfile_text)
+
+
+def prepare(run_dir, flagfile_text, overwrite=False, ignore=()):
+    """``check`` then ``begin`` at once: makes `run_dir` ready for a run with the given flags.
+
+    Returns:
+      "new" for a fresh (or replaced) run, "resume" for an unfinished run with the
+      same flags.
+
+    Raises:
+      RunDirError: as ``check``.
+    """
+    state = check(run_dir, flagfile_text, overwrite, ignore)
+    begin(run_dir, flagfile_text, state)
+    return "resume" if state == "resume" else "new"
+
+
+def require_run(run_dir, *needed):
+    """Checks that `run_dir` is a run directory holding the files `needed` (paths inside it).
+
+    Raises:
+      FileNotFoundError: naming what is wrong: the folder does not exist, is not a
+        run directory (no flags.txt), or the run has not finished (a needed file is
+        missing).
+    """
+    if not os.path.exists(run_dir):
+        raise FileNotFoundError(f"{run_dir} does not exist")
+    if not os.path.isdir(run_dir):
+        raise FileNotFoundError(f"{run_dir} is not a directory")
+    if not os.path.exists(os.path.join(run_dir, FLAGS_FILE)):
+        raise FileNotFoundError(f"{run_dir} is not a run directory (no {FLAGS_FILE})")
+    missing = [name for name in needed if not os.path.exists(os.path.join(run_dir, name))]
+    if missing:
+        raise FileNotFoundError(f"{run_dir}: the run has not finished (no "
+                                f"{' or '.join(missing)})")

@@ -2,16 +2,18 @@
 
 import os
 import shutil
-import time
 
 import keras
+import numpy as np
 
 from tf_supermask import data as data_lib
 from tf_supermask.config import config_hash, to_flagfile
 from tf_supermask.layers import weights_remaining
 from tf_supermask.models import build_model
+from tf_supermask.training import records as records_lib
 from tf_supermask.training import run_dir as run_dir_lib
-from tf_supermask.training.callbacks import (WeightsRemainingLogger, tensorboard_available,
+from tf_supermask.training.callbacks import (RunBackup, WeightsRemainingLogger,
+                                             check_finite_history, tensorboard_available,
                                              tensorflow_available)
 from tf_supermask.training.config import RUN_CONTROL_FIELDS, TrainConfig
 from tf_supermask.training.distribute import (adapt_model, make_strategy, strategy_scope,
@@ -50,11 +52,19 @@ def make_batches(config, dataset, normalization):
     The train batches hold at most ``config.steps_per_epoch`` batches per epoch
     (0: all), the first ones of that epoch's example order.
     """
-    train = data_lib.ArrayBatches(dataset.x_train, dataset.y_train, config.batch_size, shuffle=True,
-                                  augment=config.augment, seed=config.seed,
-                                  normalization=normalization,
-                                  steps_per_epoch=config.steps_per_epoch or None,
-                                  workers=config.data_workers)
+    if config.input_pipeline == "device":
+        from tf_supermask.data.device import DeviceBatches
+
+        train = DeviceBatches(dataset.x_train, dataset.y_train, config.batch_size, shuffle=True,
+                              augment=config.augment, seed=config.seed,
+                              normalization=normalization,
+                              steps_per_epoch=config.steps_per_epoch or None)
+    else:
+        train = data_lib.ArrayBatches(dataset.x_train, dataset.y_train, config.batch_size,
+                                      shuffle=True, augment=config.augment, seed=config.seed,
+                                      normalization=normalization,
+                                      steps_per_epoch=config.steps_per_epoch or None,
+                                      workers=config.data_workers)
     test = data_lib.ArrayBatches(dataset.x_test, dataset.y_test, config.batch_size,
                                  normalization=normalization)
     if len(dataset.x_val):
@@ -85,7 +95,8 @@ def compile_model(model, config, steps_per_epoch):
     jit = resolve_jit_compile(config.jit_compile)
     model.compile(optimizer=build_optimizer(config, steps_per_epoch),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                  metrics=["accuracy"], jit_compile=jit)
+                  metrics=["accuracy"], jit_compile=jit,
+                  steps_per_execution=getattr(config, "steps_per_execution", 1))
 
 
 def create_model(config, dataset, steps_per_epoch, strategy=None):
@@ -97,35 +108,34 @@ def create_model(config, dataset, steps_per_epoch, strategy=None):
     return adapt_model(model, strategy)
 
 
-def discard_corrupt_backup(backup_dir):
-    """Removes a resume checkpoint that cannot be read (a job killed while writing it).
+BACKUP_DIR = os.path.join("checkpoints", "backup")
+METRICS_FILE = "metrics.csv"
 
-    Returns True if one was removed; the run then restarts from its first epoch
-    instead of failing on every resume.
-    """
-    path = os.path.join(backup_dir, "latest.weights.h5")
+
+def truncate_metrics(path, epochs_done):
+    """Keeps the header and the rows of the first `epochs_done` epochs of a CSVLogger file
+    (rows of epochs retrained after a resume would otherwise appear twice)."""
     if not os.path.exists(path):
-        return False
-    import h5py
-
-    try:
-        with h5py.File(path, "r"):
-            return False
-    except OSError as error:
-        import shutil
-        import warnings
-
-        warnings.warn(f"discarding unreadable resume checkpoint {path} ({error}); the run "
-                      "restarts from its first epoch")
-        shutil.rmtree(backup_dir)
-        return True
+        return
+    if not epochs_done:
+        os.remove(path)
+        return
+    with open(path) as stream:
+        lines = stream.read().split("\n")
+    kept = lines[:1]
+    for line in lines[1:]:
+        epoch = line.split(",", 1)[0]
+        if epoch.isdigit() and int(epoch) < epochs_done:
+            kept.append(line)
+    run_dir_lib.write_atomic(path, "\n".join(kept) + "\n")
 
 
-def _callbacks(run_dir, extra):
-    # The logger goes first so that CSV and TensorBoard see what it adds.
-    callbacks = [WeightsRemainingLogger(),
-                 keras.callbacks.BackupAndRestore(os.path.join(run_dir, "checkpoints", "backup")),
-                 keras.callbacks.CSVLogger(os.path.join(run_dir, "metrics.csv"), append=True)]
+def _callbacks(run_dir, backup, extra, records=()):
+    # The logger goes first so that CSV and TensorBoard see what it adds; the backup
+    # goes last so that a kill between them at most repeats an epoch's rows, which
+    # truncate_metrics drops on resume.
+    callbacks = list(records) + [WeightsRemainingLogger(), keras.callbacks.TerminateOnNaN(),
+                 keras.callbacks.CSVLogger(os.path.join(run_dir, METRICS_FILE), append=True)]
     if tensorboard_available():
         from tf_supermask.training.callbacks import MaskImageLogger
 
@@ -137,7 +147,27 @@ def _callbacks(run_dir, extra):
         from tf_supermask.training.events import EpochScalars
 
         callbacks.append(EpochScalars(os.path.join(run_dir, "tensorboard")))
-    return callbacks + list(extra)
+    return callbacks + list(extra) + [backup]
+
+
+class _SkipBatches(keras.utils.PyDataset):
+    """The batches of `batches` (an ArrayBatches) from index `skip` on: the rest of an
+    epoch that starts mid-way (``train(start_step=...)``); epochs advance as the
+    wrapped batches' do."""
+
+    def __init__(self, batches, skip):
+        super().__init__(workers=1)
+        self.batches = batches
+        self.skip = int(skip)
+
+    def __len__(self):
+        return len(self.batches) - self.skip
+
+    def __getitem__(self, index):
+        return self.batches[index + self.skip]
+
+    def on_epoch_end(self):
+        self.batches.on_epoch_end()
 
 
 def evaluate(model, batches):
@@ -145,17 +175,17 @@ def evaluate(model, batches):
     return model.evaluate(batches, verbose=0, return_dict=True)
 
 
-def export_saved_model(model, path):
+def export_saved_model(model, path, normalization=None):
     """Writes the folded SavedModel (masks multiplied into plain kernels, no scores) with a
     `serve` signature, atomically (TensorFlow needed; see tf_supermask.export)."""
     if not tensorflow_available():
         raise RuntimeError("SavedModel export needs TensorFlow; install it or drop --export")
     from tf_supermask.export import export_saved_model as export_folded
 
-    export_folded(model, path)
+    export_folded(model, path, normalization)
 
 
-def train(config: TrainConfig, callbacks=(), prepare=None):
+def train(config: TrainConfig, callbacks=(), prepare=None, start_step=0, finish=None):
     """Runs (or resumes) one training run and writes its run directory.
 
     Args:
@@ -164,15 +194,28 @@ def train(config: TrainConfig, callbacks=(), prepare=None):
       prepare: optional ``prepare(model, train_batches, dataset)`` called on the
         compiled model before its initial weights are saved and training starts:
         the place to set masks or load weights (pruning at initialization, lottery
-        levels). It may return a dict that is merged into the results. On resume
-        it runs again, then the backup checkpoint overwrites what it set.
+        levels). It may return a dict that is merged into the results; its
+        ``start_epoch`` (if any) is the epoch training starts at, the epochs before
+        it having been trained inside prepare with this model's optimizer (K-starts
+        continuing from its winner; no schedule shift). On resume it runs again,
+        then the backup checkpoint overwrites what it set.
+      start_step: train only the optimizer steps from `start_step` to the end
+        (``epochs`` x steps per epoch), as a run resumed at that step would (open_lth's
+        late rewinding): the learning-rate schedule is shifted so the first step gets
+        the schedule's rate at `start_step`, and the batches are those an
+        uninterrupted run sees from that step on (the rest of its epoch, then the
+        following epochs). The optimizer's own state (step count, slots) is not
+        touched: a fresh optimizer starts at 0.
+      finish: optional ``finish(results)`` returning a dict merged into the results
+        before ``results.json`` is written (once, complete).
 
     Returns:
       The results dictionary also written to ``results.json``.
 
     Raises:
       RunDirError: the run directory holds a finished run or other flags and
-        ``config.overwrite`` is False.
+        ``config.overwrite`` is False, or another process is writing it.
+      DivergedError: the loss became NaN or infinite (no results are written).
     """
     run_dir = config.run_dir or default_run_dir(config)
     # The strategy comes first: a MultiWorkerMirroredStrategy must exist before any
@@ -181,8 +224,26 @@ def train(config: TrainConfig, callbacks=(), prepare=None):
     strategy = make_strategy(config.strategy)
     chief_run_dir, run_dir = run_dir, task_run_dir(strategy, run_dir)
     dataset, normalization = load_data(config)  # fails before the run directory is touched
-    state = run_dir_lib.prepare(run_dir, to_flagfile(config), config.overwrite,
-                                ignore=RUN_CONTROL_FIELDS)
+    flagfile = to_flagfile(config)
+    state = run_dir_lib.check(run_dir, flagfile, config.overwrite, ignore=RUN_CONTROL_FIELDS)
+    try:
+        results = _train_locked(config, run_dir, state, flagfile, dataset, normalization,
+                                strategy, callbacks, prepare, start_step, finish)
+    finally:
+        run_dir_lib.release(run_dir)
+    if run_dir != chief_run_dir:  # a non-chief worker's copy
+        shutil.rmtree(run_dir, ignore_errors=True)
+        run_dir = chief_run_dir
+    if config.verbose:
+        print(f"test accuracy {results['test_accuracy']:.4f}, weights remaining "
+              f"{results['weights_remaining']:.4f}; results in {run_dir}")
+    results["run_dir"] = run_dir
+    return results
+
+
+def _train_locked(config, run_dir, state, flagfile, dataset, normalization, strategy, callbacks,
+                  prepare, start_step=0, finish=None):
+    """train() once `run_dir` is locked and `state` ("new", "resume", "replace") decided."""
     keras.utils.set_random_seed(config.seed)
     if config.mixed_precision:
         keras.mixed_precision.set_global_policy(
@@ -190,54 +251,91 @@ def train(config: TrainConfig, callbacks=(), prepare=None):
     train_batches, validation_batches, test_batches = make_batches(config, dataset, normalization)
     steps_per_epoch = len(train_batches)  # at most config.steps_per_epoch
     model = create_model(config, dataset, steps_per_epoch, strategy)
+    if start_step:
+        from tf_supermask.training.optim import shifted_learning_rate
+
+        rate = shifted_learning_rate(config, steps_per_epoch, start_step)
+        if rate is not None:
+            model.optimizer.learning_rate = rate
     extra_results = {}
     if config.init == "patches":  # PatchesInit's data step, before the rewind point is saved
         from tf_supermask.layers.patches import patches_init_from_config
 
         extra_results["patches"] = patches_init_from_config(model, config, dataset, normalization)
     extra_results.update((prepare(model, train_batches, dataset) if prepare else None) or {})
+    # The new run has started correctly: only now is a replaced run removed.
+    run_dir_lib.begin(run_dir, flagfile, state)
     initial_path = os.path.join(run_dir, INITIAL_WEIGHTS)
-    if state == "new" or not os.path.exists(initial_path):
-        os.makedirs(os.path.dirname(initial_path), exist_ok=True)
-        model.save_weights(initial_path)
+    if state != "resume" or not os.path.exists(initial_path):
+        with run_dir_lib.atomic_file(initial_path) as temp_path:
+            model.save_weights(temp_path)
+    backup = RunBackup(os.path.join(run_dir, BACKUP_DIR))
+    with strategy_scope(strategy):  # the optimizer's variables are built under it
+        epochs_done = backup.restore(model)
+    truncate_metrics(os.path.join(run_dir, METRICS_FILE), epochs_done)
+    if not epochs_done:  # event files of failed attempts would show their epochs twice
+        shutil.rmtree(os.path.join(run_dir, "tensorboard"), ignore_errors=True)
     if config.verbose:
-        print(f"{'Resuming' if state == 'resume' else 'Starting'} {run_dir}: {config.model} "
-              f"mask={config.mask} k={config.k} on {dataset.name} ({dataset.source}), "
+        print(f"{'Resuming' if epochs_done else 'Starting'} {run_dir}"
+              f"{f' after epoch {epochs_done}' if epochs_done else ''}: {config.model} "
+              f"{records_lib.mask_summary(config, model)} on {dataset.name} ({dataset.source}), "
               f"{len(dataset.x_train)} training images")
-    discard_corrupt_backup(os.path.join(run_dir, "checkpoints", "backup"))
-    start = time.time()
-    # ArrayBatches shuffles examples with a seeded generator; Keras's own batch
-    # shuffle would use Python's unseeded one.
-    history = model.fit(train_batches, epochs=config.epochs, steps_per_epoch=steps_per_epoch,
-                        validation_data=validation_batches, verbose=config.verbose, shuffle=False,
-                        callbacks=_callbacks(run_dir, callbacks))
-    train_seconds = time.time() - start
+    # Epochs are numbered as in an uninterrupted run from step 0; with start_step
+    # inside an epoch, that epoch trains only its last batches.
+    first_epoch, skip = divmod(int(start_step), steps_per_epoch)
+    if int(extra_results.get("start_epoch", 0)) > first_epoch:  # trained inside prepare
+        first_epoch, skip = int(extra_results["start_epoch"]), 0
+    epoch = max(epochs_done, first_epoch)
+    # The learning rate and (with a held-out validation split) the test accuracy of each
+    # epoch go into metrics.csv, TensorBoard and the history.
+    records = [records_lib.LearningRateLogger()]
+    if validation_batches is not test_batches:
+        records.append(records_lib.TestAccuracyLogger(test_batches))
+    fit_callbacks = (_callbacks(run_dir, backup, callbacks, records) if epoch < config.epochs
+                     else [])
+    while epoch < config.epochs:
+        partial = skip if epoch == first_epoch else 0
+        last = epoch + 1 if partial else config.epochs
+        # Batch `index` of fit's epoch e is ArrayBatches batch (e + 1, index) (fit
+        # advances the epoch once before its first epoch), in a resumed fit too.
+        train_batches.epoch = epoch
+        # ArrayBatches shuffles examples with a seeded generator; Keras's own batch
+        # shuffle would use Python's unseeded one.
+        model.fit(_SkipBatches(train_batches, partial) if partial else train_batches,
+                  epochs=last, initial_epoch=epoch, steps_per_epoch=steps_per_epoch - partial,
+                  validation_data=validation_batches,
+                  verbose=records_lib.fit_verbosity(config.verbose), shuffle=False,
+                  callbacks=fit_callbacks)
+        epoch = last
+    check_finite_history(backup.history)
     test = evaluate(model, test_batches)
     overall, per_layer = weights_remaining(model)
-    model.save(os.path.join(run_dir, FINAL_MODEL))
+    with run_dir_lib.atomic_file(os.path.join(run_dir, FINAL_MODEL)) as temp_path:
+        model.save(temp_path)
     results = {
         "test_accuracy": float(test["accuracy"]),
         "test_loss": float(test["loss"]),
         "weights_remaining": overall,
         "weights_remaining_per_layer": per_layer,
         "sparsity_per_layer": {path: 1.0 - kept for path, kept in per_layer.items()},
-        "train_seconds": train_seconds,
+        "train_seconds": backup.train_seconds,
         "resumed": state == "resume",
         "epochs": config.epochs,
-        "history": {key: [float(v) for v in values] for key, values in history.history.items()
-                    if "/" not in key},
+        "history": backup.history,
         "dataset_source": dataset.source,
         "backend": keras.backend.backend(),
+        # What the model's inputs were: (images / 255 - mean) / std per channel.
+        "normalization": {"mean": [float(v) for v in np.atleast_1d(normalization[0])],
+                          "std": [float(v) for v in np.atleast_1d(normalization[1])]},
     }
+    results.update(records_lib.best_epoch_results(
+        backup.history, config.epochs, validation_is_test=validation_batches is test_batches))
     results.update(extra_results)
+    if finish is not None:
+        results.update(finish(results) or {})
     if config.export:
-        export_saved_model(model, os.path.join(run_dir, "saved_model"))
+        export_saved_model(model, os.path.join(run_dir, "saved_model"), normalization)
     run_dir_lib.write_json(os.path.join(run_dir, run_dir_lib.RESULTS_FILE), results)
-    if run_dir != chief_run_dir:  # a non-chief worker's copy
-        shutil.rmtree(run_dir, ignore_errors=True)
-        run_dir = chief_run_dir
-    if config.verbose:
-        print(f"test accuracy {results['test_accuracy']:.4f}, weights remaining "
-              f"{overall:.4f}; results in {run_dir}")
-    results["run_dir"] = run_dir
+    run_dir_lib.kill_point("results_written")
+    backup.discard()  # only now: a kill before this point resumes after the last epoch
     return results

@@ -1,0 +1,100 @@
+"""What a run records beyond Keras's own logs: the learning rate and (with a held-out
+validation split) the test accuracy of every epoch, the best epoch, the banner's
+description of the mask, and how chatty Keras's progress output is."""
+
+import sys
+
+import keras
+
+from tf_supermask.training.optim import current_learning_rate
+
+# Written to results.json when the test set is evaluated each epoch in place of a
+# validation split (--validation_size=0).
+TEST_AS_VALIDATION_NOTE = ("no held-out validation split (--validation_size=0): the test set "
+                           "was evaluated each epoch, so best_epoch and best_epoch_test_accuracy "
+                           "are chosen on the test set (optimistic)")
+
+
+class LearningRateLogger(keras.callbacks.Callback):
+    """Adds ``lr``, the learning rate of the epoch's first step, to each epoch's logs
+    (place it before CSVLogger and TensorBoard so that they record it)."""
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._rate = current_learning_rate(self.model.optimizer)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["lr"] = self._rate
+
+
+class TestAccuracyLogger(keras.callbacks.Callback):
+    """Adds ``test_accuracy`` and ``test_loss`` to each epoch's logs by evaluating
+    `batches`; used only when validation is a held-out split, so that the test accuracy
+    at the best validation epoch is known."""
+
+    def __init__(self, batches):
+        super().__init__()
+        self.batches = batches
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is None:
+            return
+        result = self.model.evaluate(self.batches, verbose=0, return_dict=True)
+        logs["test_accuracy"] = float(result["accuracy"])
+        logs["test_loss"] = float(result["loss"])
+
+
+def best_epoch_results(history, epochs, validation_is_test):
+    """The best epoch by validation accuracy and what it scored.
+
+    Args:
+      history: {metric: per-epoch values} of the epochs trained, the last being
+        epoch ``epochs - 1`` (epochs count from 0, as in metrics.csv and TensorBoard).
+      epochs: the run's number of epochs.
+      validation_is_test: the test set stood in for validation.
+
+    Returns:
+      With a held-out split: ``best_epoch``, ``best_val_accuracy`` and
+      ``test_accuracy_at_best_epoch``. Without one: ``best_epoch``,
+      ``best_epoch_test_accuracy`` and ``validation_note`` saying that both were
+      chosen on the test set. {} when no epoch was validated.
+    """
+    values = history.get("val_accuracy") or []
+    if not values:
+        return {}
+    index = max(range(len(values)), key=lambda i: (values[i], -i))  # first of the best
+    epoch = epochs - len(values) + index
+    if validation_is_test:
+        return {"best_epoch": epoch, "best_epoch_test_accuracy": float(values[index]),
+                "validation_note": TEST_AS_VALIDATION_NOTE}
+    results = {"best_epoch": epoch, "best_val_accuracy": float(values[index])}
+    tests = history.get("test_accuracy") or []
+    if len(tests) == len(values):
+        results["test_accuracy_at_best_epoch"] = float(tests[index])
+    return results
+
+
+def mask_summary(config, model):
+    """What governs the run's mask, for its banner: k for top-k, the weights remaining
+    for a given (fixed) mask, e.g. a lottery level's or a prune-at-init method's."""
+    if config.mask == "topk":
+        return f"mask=topk k={config.k}"
+    if config.mask == "bernoulli":
+        return "mask=bernoulli (learned)"
+    from tf_supermask.layers import weights_remaining
+
+    remaining, _ = weights_remaining(model)
+    if config.mask == "dense" and remaining >= 1.0:
+        return "dense"
+    return (f"mask={config.mask}, {100 * remaining:.3g}% of weights remaining "
+            f"(sparsity {100 * (1 - remaining):.3g}%)")
+
+
+def fit_verbosity(verbose, stream=None):
+    """Keras's ``verbose`` for ``--verbose``: the progress bar (1, or 3 for debug) only on a
+    terminal; elsewhere one line per epoch (2), so logs hold no carriage returns."""
+    if verbose in (1, 3):
+        stream = sys.stdout if stream is None else stream
+        isatty = getattr(stream, "isatty", None)
+        return 1 if isatty is not None and isatty() else 2
+    return verbose
