@@ -384,7 +384,7 @@ def test_schedules_that_do_not_fit_are_refused_before_anything_is_written(tmp_pa
 
 
 def test_bad_dense_runs_are_refused(tmp_path, dense_run):
-    with pytest.raises(ValueError, match="not a run directory"):
+    with pytest.raises(ValueError, match="nowhere does not exist"):
         run_finetune(tiny(tmp_path / "a", dense_run=str(tmp_path / "nowhere")))
     with pytest.raises(ValueError, match="--width: 0.05 there, 0.1 here"):
         run_finetune(tiny(tmp_path / "b", dense_run=dense_run, width=0.1))
