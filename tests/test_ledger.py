@@ -29,27 +29,8 @@ def _load(name):
 ledger = _load("ledger")
 ledger_tables = _load("ledger_tables")
 
-# A run of a few seconds: fc at width 0.05, two steps on 200 sample images.
-TINY_FLAGS = """\
---model=fc
---width=0.05
---mask=topk
---k=0.5
---init=signed_kaiming_constant
---dataset=sample
---train_size=200
---batch_size=50
---epochs=1
---steps_per_epoch=2
---verbose=0
-"""
-
-
-@pytest.fixture
-def tiny(tmp_path):
-    path = tmp_path / "tiny.cfg"
-    path.write_text(TINY_FLAGS)
-    return path
+# The batch tests' flagfile of a few-second fc run (a fixture).
+from test_batch import tiny  # noqa: E402,F401
 
 
 def flags_text(job):

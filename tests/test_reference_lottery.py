@@ -27,6 +27,7 @@ from tf_supermask.experiments.lottery import (LotteryConfig, effective_kernels, 
                                               run_lottery, tiebreak_keys)
 from tf_supermask.training import run_dir as run_dir_lib
 from tf_supermask.training.optim import current_learning_rate
+from test_lottery import tiny
 
 
 # Zhou et al.'s same-sign criteria -------------------------------------------------------
@@ -179,12 +180,8 @@ def test_pruned_values_carry_forward_in_numpy():
 
 
 def _tiny(run_dir, **overrides):
-    settings = dict(model="fc", width=0.1, dataset="sample", train_size=240, validation_size=60,
-                    batch_size=60, epochs=2, optimizer="adam", lr=2e-3, levels=1, verbose=0,
-                    prune_rate_dense=0.3, prune_rate_output=0.2, strategy="one_device",
-                    run_dir=str(run_dir))
-    settings.update(overrides)
-    return LotteryConfig(**settings)
+    """test_lottery's tiny experiment, one level unless told otherwise."""
+    return tiny(run_dir, **{"levels": 1, **overrides})
 
 
 def _start_and_final(run_dir, level, config):

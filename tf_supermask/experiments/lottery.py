@@ -348,10 +348,8 @@ class SaveWeightsAtStep(keras.callbacks.Callback):
         self.done = os.path.exists(path)
 
     def _save(self):
-        temp = self.path[:-len(".weights.h5")] + ".tmp.weights.h5"
-        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
-        self.model.save_weights(temp)
-        os.replace(temp, self.path)
+        with run_dir_lib.atomic_file(self.path) as temp:
+            self.model.save_weights(temp)
         self.done = True
 
     def on_train_batch_end(self, batch, logs=None):

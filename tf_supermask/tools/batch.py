@@ -50,9 +50,10 @@ import shlex
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from typing import Dict, List, Optional, Sequence, TextIO, Tuple
+
+from tf_supermask.files import write_atomic
 
 BINARIES = ("train", "lottery", "prune_init", "finetune")
 DEFAULT_BINARY = "train"
@@ -410,30 +411,14 @@ def summary_markdown(jobs: Sequence[Job], outcomes: Dict[str, Outcome], title: s
     return "\n".join(lines) + "\n"
 
 
-def _write_atomic(path: str, text: str):
-    folder = os.path.dirname(os.path.abspath(path))
-    handle, temp_path = tempfile.mkstemp(dir=folder, prefix=".tmp-")
-    try:
-        with os.fdopen(handle, "w", newline="") as stream:
-            stream.write(text)
-        umask = os.umask(0o022)
-        os.umask(umask)
-        os.chmod(temp_path, 0o666 & ~umask)  # mkstemp's 0600 would hide it from the group
-        os.replace(temp_path, path)
-    except BaseException:
-        if os.path.exists(temp_path):
-            os.remove(temp_path)
-        raise
-
-
 def write_summary(output: str, jobs: Sequence[Job], outcomes: Dict[str, Outcome], title: str = ""):
     """Rewrites OUTPUT/summary.csv and OUTPUT/summary.md."""
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=SUMMARY_FIELDS, lineterminator="\n")
     writer.writeheader()
     writer.writerows(summary_rows(jobs, outcomes))
-    _write_atomic(os.path.join(output, "summary.csv"), buffer.getvalue())
-    _write_atomic(os.path.join(output, "summary.md"), summary_markdown(jobs, outcomes, title))
+    write_atomic(os.path.join(output, "summary.csv"), buffer.getvalue())
+    write_atomic(os.path.join(output, "summary.md"), summary_markdown(jobs, outcomes, title))
 
 
 def check_output_folder(output: str):
@@ -565,7 +550,7 @@ def run_batch(jobs: Sequence[Job], output: str, parallel: int = 1,
         return BatchReport(list(jobs), outcomes)
 
     os.makedirs(output, exist_ok=True)
-    _write_atomic(os.path.join(output, MARKER_FILE), "summary.csv and summary.md here are "
+    write_atomic(os.path.join(output, MARKER_FILE), "summary.csv and summary.md here are "
                   "written by tf-supermask-batch\n")
     job_env = job_environment(parallel, env)
     title = f"Batch in {output}"
@@ -585,7 +570,7 @@ def run_batch(jobs: Sequence[Job], output: str, parallel: int = 1,
             status = "done" if code == 0 else "failed"
         if status == "done" and not os.path.isfile(os.path.join(run_dir(output, job),
                                                                 RESULTS_FILE)):
-            _write_atomic(os.path.join(output, job.name + DONE_SUFFIX),
+            write_atomic(os.path.join(output, job.name + DONE_SUFFIX),
                           "exited 0 without results.json in its run directory\n")
         outcomes[job.name] = Outcome(status, code, seconds, results)
         prefix = f"[{entry.index:>{len(str(len(todo)))}}/{len(todo)}]"
