@@ -516,3 +516,14 @@ def test_gradients_and_methods_under_jax():
             np.testing.assert_allclose(out[name][path], value, rtol=1e-4, atol=1e-7)
     assert out["kept"] == {p: [round(0.1 * n), n] for p, (_, n) in out["kept"].items()}
     assert len(out["fitness"]) == 2 and all(np.isfinite(out["fitness"]))
+
+
+def test_every_method_choice_is_registered_with_its_auto_scope():
+    from tf_supermask.pruning.options import METHOD_SCOPES, PruneOptions
+
+    assert sorted(METHOD_SCOPES) == PRUNE_METHODS.names()
+    assert PruneOptions(method="snip").resolved_scope == "global"
+    assert PruneOptions(method="kstarts").resolved_scope == "layer"
+    assert PruneOptions(method="snip", scope="layer").resolved_scope == "layer"
+    with pytest.raises(ValueError, match="unknown pruning-at-initialization method 'snap'"):
+        PruneOptions(method="snap").validate_options()

@@ -75,6 +75,28 @@ def test_help_of_every_installed_binary_shows_its_purpose_and_grouped_flags():
     assert "--helpfull" in results["train"].stdout
 
 
+MODULES = {"train": "train", "lottery": "lottery", "finetune": "finetune",
+           "prune-init": "prune_init", "report": "report", "export": "export", "batch": "batch",
+           "bench": "bench"}
+
+
+@pytest.mark.parametrize("name", BINARIES)
+def test_help_is_fast_it_imports_neither_keras_nor_tensorflow_nor_jax(name):
+    # What makes --help slow is importing the frameworks (4 to 9 s before this test existed);
+    # the binary's module is run as its console script runs it, and the frameworks that
+    # were imported when it exits are printed.
+    code = ("import atexit, sys\n"
+            "heavy = ('keras', 'tensorflow', 'jax', 'torch')\n"
+            "atexit.register(lambda: print('IMPORTED', [m for m in heavy if m in sys.modules]))\n"
+            f"sys.argv = ['tf-supermask-{name}', '--help']\n"
+            f"from tf_supermask.bin.{MODULES[name]} import run\n"
+            "run()\n")
+    result = _run([sys.executable, "-c", code])
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.startswith(f"tf-supermask-{name}:"), result.stdout[:200]
+    assert result.stdout.rstrip().endswith("IMPORTED []"), result.stdout[-300:]
+
+
 # A tiny run, export, serving --------------------------------------------------------------------
 
 @pytest.fixture(scope="module")

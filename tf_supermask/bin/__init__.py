@@ -45,8 +45,16 @@ def stderr_to_devnull():
         os.close(saved)
 
 
+def help_only(argv):
+    """Whether `argv` only asks for help (``--help`` and its spellings, ``--helpfull``):
+    then nothing imports Keras, and the binary answers at once."""
+    from tf_supermask.bin.help import HELP_ARGS
+
+    return any(arg in HELP_ARGS or arg in ("--helpfull", "-helpfull") for arg in argv[1:])
+
+
 DEBUG = debug_requested(sys.argv)
-if not DEBUG and "TF_CPP_MIN_LOG_LEVEL" not in os.environ:
+if not DEBUG and not help_only(sys.argv) and "TF_CPP_MIN_LOG_LEVEL" not in os.environ:
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
     # Some start-up notices ("Could not find cuda drivers", "All log messages before
     # absl::InitializeLog()") ignore TF_CPP_MIN_LOG_LEVEL: Keras (and with it the

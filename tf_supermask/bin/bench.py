@@ -11,7 +11,6 @@ import os
 from absl import flags
 
 from tf_supermask.bin.common import run_main
-from tf_supermask.tools.benchmark import run_benchmark
 
 flags.DEFINE_list("models", ["fc", "conv2", "conv4", "conv6"], "Registered models to measure.")
 flags.DEFINE_list("masks", ["dense", "bernoulli", "topk", "fixed"], "Mask modes to measure.")
@@ -33,6 +32,8 @@ FLAGS = flags.FLAGS
 
 def main(argv):
     del argv
+    from tf_supermask.tools.benchmark import run_benchmark  # Keras: not for --help
+
     records = run_benchmark(FLAGS.models, FLAGS.masks, FLAGS.batch_size, FLAGS.steps,
                             FLAGS.repeats, FLAGS.k, FLAGS.jit_compile, epochs=FLAGS.epochs,
                             input_pipeline=FLAGS.input_pipeline,

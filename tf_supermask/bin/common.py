@@ -1,6 +1,7 @@
 """What every configuration-driven binary shares: flags from a config dataclass, one call,
 and user errors as one line instead of a traceback."""
 
+import importlib
 import signal
 import sys
 
@@ -42,16 +43,6 @@ def quiet_logs():
     warnings.filterwarnings("ignore", module=r"(keras|tensorflow|absl|jax|tensorflow_datasets)\b")
 
 
-def describe_models():
-    """--model's help lists the registered models (from the registry, so none is missed)."""
-    from absl import flags
-
-    if "model" in flags.FLAGS:
-        from tf_supermask.models import MODELS
-
-        flags.FLAGS["model"].help = f"Registered model: {', '.join(MODELS.names())}."
-
-
 def _terminate(signum, frame):
     """SIGTERM as an exception, so temporary files are cleaned up on the way out."""
     raise SystemExit(128 + signum)
@@ -87,13 +78,15 @@ def run_main(main, module=None, config_class=None):
 def config_app(config_class, run_config, module=None):
     """Defines `config_class`'s flags; returns (main, run) for an absl app calling run_config.
 
+    `run_config` is a function of the configuration, or its name as "module:function",
+    imported when the binary runs (so that ``--help`` does not import Keras).
+
     Bad flags, refused run directories, bad data files, full or read-only disks and a
     diverged loss end the binary with a one-line message. `module` (default: the
     caller's) is the binary's module, whose docstring ``--help`` prints.
     """
     module = module or sys.modules[sys._getframe(1).f_globals["__name__"]]
     define_flags(config_class)
-    describe_models()
 
     def main(argv):
         if len(argv) > 1:
@@ -103,7 +96,11 @@ def config_app(config_class, run_config, module=None):
             config = from_flags(config_class)
         except (ValueError, TypeError) as error:
             raise app.UsageError(error_message(error)) from None
-        run_config(config)
+        function = run_config
+        if isinstance(function, str):
+            module_name, name = function.split(":")
+            function = getattr(importlib.import_module(module_name), name)
+        function(config)
 
     def run():
         run_main(main, module, config_class)

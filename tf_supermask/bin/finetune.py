@@ -6,14 +6,17 @@
 """
 
 from tf_supermask.bin.common import config_app
-from tf_supermask.experiments.comparison import run_comparison
-from tf_supermask.experiments.finetune import FinetuneConfig, run_finetune
+from tf_supermask.experiments.config import FinetuneConfig
 
 
 def run_experiment(config, callbacks=()):
     """--compare runs the equal-budget comparison; otherwise one prune-and-fine-tune."""
     if config.compare:
+        from tf_supermask.experiments.comparison import run_comparison
+
         return run_comparison(config, callbacks)
+    from tf_supermask.experiments.finetune import run_finetune
+
     return run_finetune(config, callbacks)
 
 

@@ -4,9 +4,9 @@
 """
 
 from tf_supermask.bin.common import config_app
-from tf_supermask.experiments.lottery import LotteryConfig, run_lottery
+from tf_supermask.experiments.config import LotteryConfig
 
-main, run = config_app(LotteryConfig, run_lottery)
+main, run = config_app(LotteryConfig, "tf_supermask.experiments.lottery:run_lottery")
 
 if __name__ == "__main__":
     run()

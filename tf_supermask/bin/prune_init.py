@@ -9,9 +9,9 @@ mask.npz (the final mask by kernel path).
 """
 
 from tf_supermask.bin.common import config_app
-from tf_supermask.experiments.prune_init import PruneInitConfig, prune_init
+from tf_supermask.experiments.config import PruneInitConfig
 
-main, run = config_app(PruneInitConfig, prune_init)
+main, run = config_app(PruneInitConfig, "tf_supermask.experiments.prune_init:prune_init")
 
 if __name__ == "__main__":
     run()

@@ -4,9 +4,9 @@
 """
 
 from tf_supermask.bin.common import config_app
-from tf_supermask.training import TrainConfig, train
+from tf_supermask.training.config import TrainConfig
 
-main, run = config_app(TrainConfig, train)
+main, run = config_app(TrainConfig, "tf_supermask.training.trainer:train")
 
 if __name__ == "__main__":
     run()

@@ -27,7 +27,7 @@ import os
 
 import numpy as np
 
-from tf_supermask.experiments.finetune import ARMS, parse_arms, parse_sparsities  # noqa: F401
+from tf_supermask.experiments.config import parse_arms, parse_sparsities
 
 
 def rewind_weights_path(dense_run, epoch):

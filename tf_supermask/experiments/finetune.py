@@ -28,16 +28,15 @@ import os
 import keras
 import numpy as np
 
-from tf_supermask.config import config_hash, option, to_flagfile
+from tf_supermask.config import config_hash, to_flagfile
+from tf_supermask.experiments.config import FinetuneConfig
 from tf_supermask.layers import get_masks, masked_layers, set_masks
-from tf_supermask.pruning.gradual import (SCHEDULES, SCOPES, GradualPruning,
-                                          prune_by_magnitude, pruned_fraction, pruning_schedule)
+from tf_supermask.pruning.gradual import (GradualPruning, prune_by_magnitude, pruned_fraction,
+                                          pruning_schedule)
 from tf_supermask.pruning.select import MASK_FILE, load_masks, save_masks
 from tf_supermask.training import run_dir as run_dir_lib
-from tf_supermask.training.distribute import single_worker_only
 from tf_supermask.training.config import RUN_CONTROL_FIELDS, TrainConfig
 
-PRUNE_METHODS = ("oneshot", "iterative", "gradual")
 DENSE_DIR = "dense"
 # Flags of a dense run that must agree with the fine-tuning flags (they shape the network).
 ARCHITECTURE_FLAGS = ("model", "width", "batchnorm", "dataset")
@@ -45,165 +44,6 @@ ARCHITECTURE_FLAGS = ("model", "width", "batchnorm", "dataset")
 _NOT_COPIED = ("mask", "pruned_values", "scores", "seed_generator_state")
 
 
-ARMS = ("lottery", "rewind", "finetune")
-
-
-def parse_arms(text):
-    """The arms named in --compare, checked."""
-    arms = [part.strip() for part in text.split(",") if part.strip()]
-    unknown = sorted(set(arms) - set(ARMS))
-    if unknown or not arms:
-        raise ValueError(f"--compare takes comma-separated arms among {ARMS}, got {text!r}")
-    return arms
-
-
-def parse_sparsities(text):
-    """The sparsities of --sparsities, each a fraction pruned in [0, 1)."""
-    try:
-        values = [float(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        values = []
-    if not values or any(not 0.0 <= value < 1.0 for value in values):
-        raise ValueError(f"--sparsities must be comma-separated fractions pruned in [0, 1), "
-                         f"got {text!r}")
-    return values
-
-
-@dataclasses.dataclass
-class FinetuneConfig(TrainConfig):
-    """A pruning-and-fine-tuning experiment: TrainConfig's fields (which also train the dense
-    run when there is none) plus the pruning procedure."""
-
-    dense_run: str = option("", "A finished tf-supermask-train run directory (mask dense or "
-                            "fixed) whose final weights are pruned and fine-tuned. Empty: "
-                            "train the dense model first, into <run_dir>/dense, with these "
-                            "flags.")
-    prune_method: str = option("oneshot", "oneshot: prune once to --sparsity, then fine-tune; "
-                               "iterative: --prune_rounds rounds of pruning part of the "
-                               "remaining weights and fine-tuning; gradual: prune during "
-                               "fine-tuning on a tfmot schedule (Zhu & Gupta).", PRUNE_METHODS)
-    sparsity: float = option(0.9, "Final fraction of the pruned layers' weights that is PRUNED "
-                             "(weights remaining = 1 - sparsity), in [0, 1).")
-    prune_scope: str = option("layer", "layer: every pruned layer keeps the same fraction of "
-                              "its weights; global: weights ranked by magnitude over all "
-                              "pruned layers together.", SCOPES)
-    prune_rounds: int = option(5, "iterative: rounds; each keeps (1 - sparsity)^(1/rounds) of "
-                               "the weights the previous round kept.")
-    schedule: str = option("polynomial", "gradual: tfmot schedule: polynomial (PolynomialDecay "
-                           "from --initial_sparsity to --sparsity) or constant "
-                           "(ConstantSparsity at --sparsity).", SCHEDULES)
-    initial_sparsity: float = option(0.0, "gradual, polynomial: sparsity at the first pruning "
-                                     "step.")
-    begin_step: int = option(-1, "gradual: optimizer step (of fine-tuning) of the first pruning; "
-                             "-1: --begin_epoch x steps per epoch.")
-    end_step: int = option(-1, "gradual: step of the last pruning (moved back to the last "
-                           "multiple of --frequency after the first); -1: --end_epoch x steps "
-                           "per epoch.")
-    begin_epoch: int = option(0, "gradual: fine-tuning epochs before the first pruning.")
-    end_epoch: int = option(0, "gradual: fine-tuning epochs before the last pruning (polynomial "
-                            "needs it or --end_step; constant: 0 prunes until the end).")
-    frequency: int = option(100, "gradual: prune every this many steps.")
-    power: float = option(3.0, "gradual, polynomial: exponent of the sparsity curve.")
-    finetune_epochs: int = option(10, "Fine-tuning epochs (per round for iterative).")
-    finetune_lr: float = option(0.0, "Fine-tuning learning rate (0: --lr); --lr_schedule and "
-                                "its milestones start over in each fine-tuning run.")
-    compare: str = option("", "Instead of one pruning run, Liu et al.'s comparison at equal "
-                          "budget: comma-separated arms among lottery (start from the dense "
-                          "run's initial weights), rewind (from its weights after "
-                          "--rewind_epoch), finetune (from its trained weights). Every arm "
-                          "trains --finetune_epochs at --finetune_lr under the same one-shot "
-                          "magnitude mask, at each of --sparsities (see "
-                          "tf_supermask/experiments/comparison.py).")
-    sparsities: str = option("0.5,0.7,0.9", "--compare: comma-separated sparsities (fractions "
-                             "pruned).")
-    rewind_epoch: int = option(1, "--compare: epoch of the dense run the rewind arm starts from.")
-
-    def __post_init__(self):
-        super().__post_init__()
-        single_worker_only(self.strategy, "tf-supermask-finetune")
-        if self.mask not in ("dense", "fixed"):
-            raise ValueError(f"tf-supermask-finetune prunes trained weights; --mask must be "
-                             f"dense or fixed, got {self.mask!r}")
-        if not 0.0 <= self.sparsity < 1.0:
-            raise ValueError(f"--sparsity is the fraction pruned and must be in [0, 1), got "
-                             f"{self.sparsity}")
-        if not 0.0 <= self.initial_sparsity <= self.sparsity:
-            raise ValueError(f"--initial_sparsity must be in [0, --sparsity={self.sparsity}], "
-                             f"got {self.initial_sparsity}")
-        for name in ("prune_rounds", "finetune_epochs", "frequency"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name} must be at least 1, got {getattr(self, name)}")
-        if self.finetune_lr < 0:
-            raise ValueError(f"--finetune_lr must be positive (or 0 for --lr), got "
-                             f"{self.finetune_lr}")
-        if self.power <= 0:
-            raise ValueError(f"--power must be positive, got {self.power}")
-        if self.begin_epoch < 0 or self.end_epoch < 0:
-            raise ValueError("--begin_epoch and --end_epoch must be at least 0")
-        if self.compare:
-            parse_sparsities(self.sparsities)
-            if self.prune_method != "oneshot":
-                raise ValueError(f"--compare prunes in one shot; --prune_method must be oneshot, "
-                                 f"got {self.prune_method!r}")
-            if "rewind" in parse_arms(self.compare) and not 0 < self.rewind_epoch < self.epochs:
-                raise ValueError(f"--rewind_epoch must be between 1 and --epochs - 1 "
-                                 f"({self.epochs - 1}), got {self.rewind_epoch}")
-        if self.prune_method == "gradual":
-            if self.begin_step < 0 and self.begin_epoch >= self.finetune_epochs:
-                raise ValueError(f"--begin_epoch={self.begin_epoch} leaves no fine-tuning "
-                                 f"(--finetune_epochs={self.finetune_epochs})")
-            if self.end_step < 0 and self.end_epoch >= self.finetune_epochs:
-                raise ValueError(f"--end_epoch={self.end_epoch} must be below "
-                                 f"--finetune_epochs={self.finetune_epochs}: the last pruning "
-                                 "must be followed by fine-tuning")
-            if self.schedule == "polynomial" and self.end_step < 0 and self.end_epoch == 0:
-                raise ValueError("--prune_method=gradual --schedule=polynomial needs the end of "
-                                 "pruning: --end_epoch or --end_step")
-
-    def inactive_fields(self):
-        comparison = ("sparsities", "rewind_epoch")
-        return super().inactive_fields() + (("sparsity",) if self.compare else comparison)
-
-    def schedule_steps(self, steps_per_epoch):
-        """(begin, end) optimizer steps of the first and last pruning of the gradual schedule.
-
-        The end moves back to begin + a multiple of --frequency, the last step the
-        schedule prunes at (so the final sparsity is reached); "constant" with no
-        end gives -1 (prune until the end).
-
-        Raises:
-          ValueError: the steps do not fit in fine-tuning or span no pruning.
-        """
-        total = self.finetune_epochs * steps_per_epoch
-        begin = self.begin_step if self.begin_step >= 0 else self.begin_epoch * steps_per_epoch
-        if self.end_step >= 0:
-            end = self.end_step
-        elif self.end_epoch > 0:
-            end = self.end_epoch * steps_per_epoch
-        else:
-            end = -1
-        if begin >= total:
-            raise ValueError(f"gradual pruning would begin at step {begin}, after fine-tuning "
-                             f"ends ({total} steps: {self.finetune_epochs} epochs x "
-                             f"{steps_per_epoch})")
-        if end >= 0:
-            if end < begin:
-                raise ValueError(f"the last pruning step ({end}) comes before the first "
-                                 f"({begin})")
-            end = begin + (end - begin) // self.frequency * self.frequency
-            if end >= total:
-                raise ValueError(f"the last pruning step ({end}) must come before the end of "
-                                 f"fine-tuning ({total} steps: {self.finetune_epochs} epochs "
-                                 f"x {steps_per_epoch})")
-        if self.schedule == "polynomial" and end <= begin:
-            raise ValueError(f"the polynomial schedule needs at least one --frequency "
-                             f"({self.frequency} steps) between its first pruning (step "
-                             f"{begin}) and its last ({end})")
-        return begin, end
-
-    def round_sparsity(self, round_index):
-        """Sparsity after `round_index` of --prune_rounds (iterative): 1 - (1 - s)^(r / N)."""
-        return 1.0 - (1.0 - self.sparsity) ** (round_index / self.prune_rounds)
 
 
 def default_finetune_dir(config, root="runs"):

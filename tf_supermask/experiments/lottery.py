@@ -31,116 +31,22 @@ as a fresh PyTorch optimizer does. This does not depend on
 import dataclasses
 import math
 import os
-import re
 import warnings
 
 import keras
 import numpy as np
 
-from tf_supermask.config import option, to_flagfile
+from tf_supermask.config import to_flagfile
+from tf_supermask.experiments.config import LotteryConfig
 from tf_supermask.layers import MaskedConv2D, masked_layers, set_masks
-from tf_supermask.pruning.criteria import CRITERIA, criterion_scores
+from tf_supermask.pruning.criteria import criterion_scores
 from tf_supermask.pruning.select import (MASK_FILE, collapsed_layers, load_masks, save_masks,
                                          shuffle_masks, top_masks)
 from tf_supermask.training import run_dir as run_dir_lib
-from tf_supermask.training.distribute import single_worker_only
-from tf_supermask.training.config import RUN_CONTROL_FIELDS, TrainConfig
+from tf_supermask.training.config import RUN_CONTROL_FIELDS
 
 INITIAL = os.path.join("checkpoints", "initial.weights.h5")
 REWIND = os.path.join("checkpoints", "rewind.weights.h5")
-PRUNED_WEIGHTS = ("zero", "init", "zero_if_shrunk")
-REINITS = ("rewind", "reinit", "reshuffle", "constant")
-
-
-@dataclasses.dataclass
-class LotteryConfig(TrainConfig):
-    """A lottery-ticket experiment: TrainConfig's fields plus the pruning procedure."""
-
-    levels: int = option(10, "Pruning levels after the dense level 0.")
-    prune_scope: str = option("layer", "layer: per-layer rates by layer kind; global: one rate "
-                              "over all masked weights ranked together.", ("layer", "global"))
-    prune_rate_conv: float = option(0.1, "Fraction of a conv layer's remaining weights pruned "
-                                    "per level (--prune_scope=layer).")
-    prune_rate_dense: float = option(0.2, "Same for hidden dense layers.")
-    prune_rate_output: float = option(0.1, "Same for the output layer.")
-    prune_rate: float = option(0.2, "Fraction of all remaining weights pruned per level "
-                               "(--prune_scope=global; as open_lth, ceil(rate x the remaining "
-                               "weights of every masked layer, an unpruned output layer's "
-                               "included) are pruned from the prunable layers).")
-    prune_output_layer: str = option(
-        "auto", "Whether the output layer is pruned: auto (not under --prune_scope=global, "
-        "as open_lth's global pruning leaves fc.weight out; yes at --prune_rate_output under "
-        "--prune_scope=layer, as Frankle & Carbin), true, false.", ("auto", "true", "false"))
-    rewind: str = option("init", "Where kept weights go back to: init, epoch:N or step:N "
-                         "(late rewinding, open_lth's: weights saved at step N of level 0, a "
-                         "fresh optimizer, training from step N to the end with the schedule "
-                         "and the data order continued from step N).")
-    criterion: str = option("large_final", "Mask criterion (Zhou et al.): large_final, "
-                            "small_final, large_init, small_init, large_init_large_final, "
-                            "small_init_small_final, magnitude_increase, movement, random, "
-                            "each also as <name>_same_sign (flipped weights score 0, as the "
-                            "reference) and <name>_same_sign_strict (flipped weights pruned "
-                            "first).")
-    pruned_weights: str = option("zero", "What pruned weights become: zero, init (frozen at "
-                                 "their initial value), zero_if_shrunk (zero where |w| shrank "
-                                 "in training, else frozen at init). As Zhou et al., a level's "
-                                 "initial weights are the previous level's start weights, so a "
-                                 "pruned weight keeps the value it got when it was pruned.",
-                                 PRUNED_WEIGHTS)
-    reinit: str = option("rewind", "Kept weights at each level: rewind (their rewind values), "
-                         "reinit (a fresh draw from the initializer), reshuffle (rewind values "
-                         "permuted among the layer's kept positions), constant (+-the layer's "
-                         "initial std).", REINITS)
-    keep_signs: bool = option(False, "With reinit/reshuffle/constant: give kept weights the "
-                              "signs of their rewind values.")
-    shuffle_mask: bool = option(False, "Control: move each layer's kept positions to random "
-                                "places (a random mask with the ticket's per-layer sparsity).")
-    masks_from: str = option("", "Use each level's mask from this lottery experiment (its "
-                             "level_N/mask.npz): the controls of a given ticket.")
-    untrained_eval: bool = option(True, "Also evaluate each level's mask on the untrained "
-                                  "initial weights (Zhou et al.'s supermask at init).")
-
-    def __post_init__(self):
-        super().__post_init__()
-        single_worker_only(self.strategy, "tf-supermask-lottery")
-        if self.mask not in ("dense", "fixed"):
-            raise ValueError(f"tf-supermask-lottery trains weights under fixed masks; --mask "
-                             f"must be dense or fixed, got {self.mask!r}")
-        if self.levels < 0:
-            raise ValueError(f"--levels must be at least 0, got {self.levels}")
-        for name in ("prune_rate_conv", "prune_rate_dense", "prune_rate_output", "prune_rate"):
-            value = getattr(self, name)
-            if not 0.0 <= value < 1.0:
-                raise ValueError(f"--{name} must be in [0, 1), got {value}")
-        CRITERIA.get(self.criterion)  # a ValueError naming the criteria
-        self.rewind_point()
-
-    def prunes_output(self):
-        """Whether the output layer is pruned (--prune_output_layer, auto resolved)."""
-        if self.prune_output_layer == "auto":
-            return self.prune_scope == "layer"
-        return self.prune_output_layer == "true"
-
-    def rewind_point(self):
-        """("init", 0), ("epoch", N) or ("step", N), after checking N is inside training."""
-        match = re.fullmatch(r"(init)|(epoch|step):(\d+)", self.rewind.strip())
-        if not match:
-            raise ValueError(f"--rewind must be init, epoch:N or step:N, got {self.rewind!r}")
-        if match.group(1):
-            return "init", 0
-        unit, value = match.group(2), int(match.group(3))
-        if unit == "epoch" and value > self.epochs:
-            raise ValueError(f"--rewind={self.rewind} is past the end of training "
-                             f"(--epochs={self.epochs})")
-        if unit == "step" and self.steps_per_epoch and value > self.epochs * self.steps_per_epoch:
-            raise ValueError(f"--rewind={self.rewind} is past the end of training "
-                             f"({self.epochs} epochs x {self.steps_per_epoch} steps)")
-        return unit, value
-
-    def mask_options(self):
-        options = super().mask_options()
-        return dataclasses.replace(options, mask="fixed", train_weights=True,
-                                   pruned_values=self.pruned_weights != "zero")
 
 
 def default_experiment_dir(config, root="runs"):

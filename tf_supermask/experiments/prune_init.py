@@ -13,57 +13,14 @@ import time
 
 import keras
 
-from tf_supermask.config import option
+from tf_supermask.experiments.config import PruneInitConfig  # noqa: F401
 from tf_supermask.layers import get_masks
-from tf_supermask.pruning.at_init import (PRUNE_METHODS, PruneOptions, compute_masks,
-                                          make_callback)
+from tf_supermask.pruning.at_init import compute_masks, make_callback
 from tf_supermask.pruning.saliency import sparsity_per_layer
 from tf_supermask.pruning.select import MASK_FILE, save_masks
 from tf_supermask.training import run_dir as run_dir_lib
-from tf_supermask.training.distribute import single_worker_only
-from tf_supermask.training.config import TrainConfig
 
 
-@dataclasses.dataclass
-class PruneInitConfig(PruneOptions, TrainConfig):
-    """A training run (TrainConfig) whose mask comes from a pruning-at-initialization method.
-
-    The weights train under a ``fixed`` mask; ``mask`` and ``train_weights``
-    default to that and other values are refused.
-    """
-
-    mask: str = option("fixed", "Mask mode; pruning at initialization trains weights under a "
-                       "fixed mask.", ("fixed",))
-    train_weights: str = option("true", "Whether kernels train (must be true or auto here).",
-                                ("auto", "true", "false"))
-
-    def __post_init__(self):
-        if self.mask != "fixed":
-            raise ValueError(f"pruning at initialization trains weights under a fixed mask; "
-                             f"--mask must be fixed, got {self.mask!r}")
-        if self.train_weights == "false":
-            raise ValueError("pruning at initialization trains the weights under the mask; "
-                             "--train_weights must be true or auto")
-        TrainConfig.__post_init__(self)
-        single_worker_only(self.strategy, "tf-supermask-prune-init")
-        self.validate_options()
-        method = PRUNE_METHODS.get(self.method)
-        if self.mask_file:
-            return
-        kstarts = self.method.startswith("kstarts")
-        continued = kstarts and self.kstarts_mode == "continue" and not self.shuffle
-        before = self.kstarts_epochs if continued else 0
-        if method.during_training and before + self.dissipating_epochs > self.epochs:
-            raise ValueError(f"--dissipating_epochs ({self.dissipating_epochs})"
-                             + (f" after --kstarts_epochs ({before})" if before else "")
-                             + f" cannot exceed --epochs ({self.epochs})")
-        if continued and self.kstarts_epochs > self.epochs:
-            raise ValueError(f"--kstarts_epochs ({self.kstarts_epochs}) count inside --epochs "
-                             f"({self.epochs}) with --kstarts_mode=continue and cannot exceed it")
-        if continued and self.kstarts_steps:
-            raise ValueError("--kstarts_steps shortens the candidates' epochs, which count as "
-                             "epochs of the run with --kstarts_mode=continue: use it with "
-                             "--kstarts_mode=rewind")
 
 
 def default_prune_init_run_dir(config, root="runs"):

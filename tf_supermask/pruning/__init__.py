@@ -4,35 +4,31 @@
 - ``criteria``: Zhou et al.'s mask criteria over initial and final weights.
 - ``saliency``: scores at initialization (random, magnitude, SNIP, GraSP, SynFlow).
 - ``haroon``: K-starts and dissipating gradients.
-- ``at_init``: the pruning-at-initialization methods by name and their options.
+- ``options``: the options of pruning and their choices (no Keras).
+- ``at_init``: the pruning-at-initialization methods by name.
 - ``gradual``: magnitude pruning on tfmot schedules.
 
 The drivers that chain training runs (lottery, fine-tuning, pruning at
-initialization) live in ``tf_supermask.experiments``.
+initialization) live in ``tf_supermask.experiments``. The names below are imported
+on first use, so that ``tf_supermask.pruning.options`` does not import Keras.
 """
 
-from tf_supermask.pruning.select import (collapsed_layers, counts_for_fraction, shuffle_masks,
-                                         top_masks)
+from tf_supermask.lazy import lazy_exports
 
-__all__ = ["collapsed_layers", "counts_for_fraction", "shuffle_masks", "top_masks"]
-
-from tf_supermask.pruning.saliency import (LayerCollapseError, LayerCollapseWarning,  # noqa: E402
-                                           check_collapse, grasp_masks, grasp_scores,
-                                           magnitude_scores, random_masks, select_masks,
-                                           snip_scores, synflow_masks, synflow_scores)
-from tf_supermask.pruning.haroon import (DissipatingCallback, dissipating_allowed,  # noqa: E402
-                                         dissipating_calibrate, dissipating_step,
-                                         fraction_for_sparsity, kstarts_fitness, kstarts_masks)
-from tf_supermask.pruning.at_init import PRUNE_METHODS, PruneOptions, compute_masks  # noqa: E402
-
-__all__ += ["PRUNE_METHODS", "DissipatingCallback", "LayerCollapseError", "LayerCollapseWarning",
-            "PruneOptions", "check_collapse", "compute_masks", "dissipating_allowed",
-            "dissipating_calibrate", "dissipating_step", "fraction_for_sparsity", "grasp_masks",
-            "grasp_scores", "kstarts_fitness", "kstarts_masks", "magnitude_scores",
-            "random_masks", "select_masks", "snip_scores", "synflow_masks", "synflow_scores"]
-
-from tf_supermask.pruning.gradual import (GradualPruning, magnitude_masks,  # noqa: E402
-                                          prune_by_magnitude, pruning_schedule, tfmot_schedules)
-
-__all__ += ["GradualPruning", "magnitude_masks", "prune_by_magnitude", "pruning_schedule",
-            "tfmot_schedules"]
+_EXPORTS = {
+    "collapsed_layers": "select", "counts_for_fraction": "select", "shuffle_masks": "select",
+    "top_masks": "select",
+    "LayerCollapseError": "saliency", "LayerCollapseWarning": "saliency",
+    "check_collapse": "saliency", "grasp_masks": "saliency", "grasp_scores": "saliency",
+    "magnitude_scores": "saliency", "random_masks": "saliency", "select_masks": "saliency",
+    "snip_scores": "saliency", "synflow_masks": "saliency", "synflow_scores": "saliency",
+    "DissipatingCallback": "haroon", "dissipating_allowed": "haroon",
+    "dissipating_calibrate": "haroon", "dissipating_step": "haroon",
+    "fraction_for_sparsity": "haroon", "kstarts_fitness": "haroon", "kstarts_masks": "haroon",
+    "PRUNE_METHODS": "at_init", "compute_masks": "at_init",
+    "PruneOptions": "options",
+    "GradualPruning": "gradual", "magnitude_masks": "gradual", "prune_by_magnitude": "gradual",
+    "pruning_schedule": "gradual", "tfmot_schedules": "gradual",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__ = lazy_exports(__name__, _EXPORTS)

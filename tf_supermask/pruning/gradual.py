@@ -28,10 +28,10 @@ import keras
 import numpy as np
 
 from tf_supermask.layers import masked_layers, set_masks
+from tf_supermask.pruning.options import GRADUAL_SCHEDULES, SCOPES  # noqa: F401
 from tf_supermask.pruning.select import top_masks
 
-SCOPES = ("layer", "global")
-SCHEDULES = ("polynomial", "constant")
+SCHEDULES = GRADUAL_SCHEDULES
 
 _TFMOT = "tensorflow_model_optimization"
 _SCHEDULE_MODULE = _TFMOT + ".python.core.sparsity.keras.pruning_schedule"

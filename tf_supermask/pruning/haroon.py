@@ -25,15 +25,14 @@ from keras import ops
 
 from tf_supermask.backend import gradient_function
 from tf_supermask.layers import get_masks, set_masks
-from tf_supermask.pruning.saliency import (SCOPES, _loss_fn, _seed_list, check_collapse,
+from tf_supermask.pruning.options import (DISSIPATING_SCHEDULES, DISSIPATING_TARGETS,  # noqa: F401
+                                          FITNESSES, KSTARTS_MODES, SCOPES)
+from tf_supermask.pruning.saliency import (_loss_fn, _seed_list, check_collapse,
                                            density_of, fixed_layers, kernel_values, random_masks,
                                            take_batches)
 from tf_supermask.pruning.select import counts_for_fraction, top_masks
 
-FITNESSES = ("magnitude", "gradient", "both")
-SCHEDULES = ("geometric", "linear", "greedy")
-KSTARTS_MODES = ("continue", "rewind")
-DISSIPATING_TARGETS = ("none", "calibrate", "reach")
+SCHEDULES = DISSIPATING_SCHEDULES
 
 
 # ---------------------------------------------------------------------------

@@ -30,9 +30,8 @@ from keras import ops
 
 from tf_supermask.backend import gradient_function, value_and_grads
 from tf_supermask.layers import masked_layers, set_masks
+from tf_supermask.pruning.options import SCOPES, density_of  # noqa: F401
 from tf_supermask.pruning.select import collapsed_layers, counts_for_fraction, top_masks
-
-SCOPES = ("layer", "global")
 
 
 class LayerCollapseWarning(UserWarning):
@@ -45,11 +44,6 @@ class LayerCollapseError(ValueError):
 
 # ---------------------------------------------------------------------------
 # Shared helpers.
-
-
-def density_of(sparsity):
-    """1 - sparsity without float noise (1 - 0.9 is 0.09999999999999998; this is 0.1)."""
-    return round(1.0 - float(sparsity), 12)
 
 
 def fixed_layers(model):

@@ -1,7 +1,12 @@
-"""Training runs: configuration, run directories, optimizers, the training loop."""
+"""Training runs: configuration, run directories, optimizers, the training loop.
 
-from tf_supermask.training.config import TrainConfig
-from tf_supermask.training.run_dir import RunDirError
-from tf_supermask.training.trainer import create_model, default_run_dir, train
+The names below are imported on first use: ``tf_supermask.training.config``
+(and so a binary's ``--help``) does not import Keras.
+"""
 
-__all__ = ["TrainConfig", "RunDirError", "create_model", "default_run_dir", "train"]
+from tf_supermask.lazy import lazy_exports
+
+_EXPORTS = {"TrainConfig": "config", "RunDirError": "run_dir", "create_model": "trainer",
+            "default_run_dir": "trainer", "train": "trainer"}
+__all__ = sorted(_EXPORTS)
+__getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -5,6 +5,10 @@ import dataclasses
 from tf_supermask.config import option
 
 MASKS = ("dense", "bernoulli", "topk", "fixed")
+# The models registered in tf_supermask.models.MODELS, for --model's help without importing
+# Keras (tests/test_user_facing.py checks that every registered model is listed).
+MODEL_NAMES = ("conv2", "conv4", "conv6", "conv8", "fc", "mobilenet_v2", "resnet18", "resnet20",
+               "resnet56", "vgg11", "vgg16", "vgg19")
 
 
 @dataclasses.dataclass
@@ -12,7 +16,8 @@ class TrainConfig:
     """Everything that defines a dense or supermask training run."""
 
     # Model and mask.
-    model: str = option("fc", "Registered model name (tf_supermask.models.MODELS).")
+    model: str = option("fc", f"Registered model: {', '.join(MODEL_NAMES)} "
+                        "(tf_supermask.models.MODELS).")
     mask: str = option("dense", "Mask mode: dense (baseline), bernoulli (Zhou et al.), topk "
                        "(edge-popup), fixed (a given mask).", MASKS)
     k: float = option(0.5, "Fraction of weights KEPT per layer by the topk mask, in (0, 1].")
