@@ -17,6 +17,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from tf_supermask.files import atomic_file
 from tf_supermask.registry import Registry
 
 DATA_DIR_ENV_VAR = "TF_SUPERMASK_DATA"
@@ -472,14 +473,12 @@ def _read_cache(path: str, fingerprint: str) -> Optional[Dict[str, np.ndarray]]:
 
 
 def _write_cache(path: str, arrays: Dict[str, np.ndarray], fingerprint: str):
-    temporary = path + ".tmp.npz"
     try:
-        np.savez(temporary, fingerprint=np.asarray(fingerprint), **arrays)
-        os.replace(temporary, path)
+        with atomic_file(path) as temporary:
+            with open(temporary, "wb") as stream:
+                np.savez(stream, fingerprint=np.asarray(fingerprint), **arrays)
     except OSError as error:
         warnings.warn(f"could not cache the decoded images at {path}: {error}")
-        if os.path.exists(temporary):
-            os.remove(temporary)
 
 
 def _load_named_image_folder(name: str, data_dir: Optional[str]) -> Dataset:

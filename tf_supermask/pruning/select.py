@@ -8,9 +8,10 @@ entries first), so a selection is deterministic, or by given tie-break keys
 ``np.lexsort`` with a random key).
 """
 
-import os
 
 import numpy as np
+
+from tf_supermask.files import atomic_file
 
 MASK_FILE = "mask.npz"
 
@@ -118,13 +119,10 @@ def collapsed_layers(masks):
 
 def save_masks(path, masks):
     """Writes {kernel path: 0/1 mask} as a compressed .npz (uint8), through a temporary file."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    temp = os.path.join(folder, ".tmp-" + os.path.basename(path))
-    with open(temp, "wb") as stream:
-        np.savez_compressed(stream, **{key: np.asarray(value, np.uint8)
-                                       for key, value in masks.items()})
-    os.replace(temp, path)
+    with atomic_file(path) as temp:
+        with open(temp, "wb") as stream:
+            np.savez_compressed(stream, **{key: np.asarray(value, np.uint8)
+                                           for key, value in masks.items()})
 
 
 def load_masks(path):

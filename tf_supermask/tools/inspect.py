@@ -2,9 +2,10 @@
 
 import json
 import os
-import tempfile
 
 import numpy as np
+
+from tf_supermask.files import atomic_file
 
 FINAL_MODEL = os.path.join("checkpoints", "final.keras")
 RESULTS_FILE = "results.json"
@@ -100,15 +101,6 @@ def plot_mask_sparsity(run_dir, path):
     axes.legend(loc="lower right", fontsize=8)
     figure.tight_layout()
 
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    handle, temp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".png")
-    os.close(handle)
-    try:
+    with atomic_file(path) as temp:
         figure.savefig(temp, format="png", dpi=100)
-        os.replace(temp, path)
-    except BaseException:
-        if os.path.exists(temp):
-            os.remove(temp)
-        raise
     return path

@@ -23,6 +23,7 @@ import textwrap
 
 import numpy as np
 
+from tf_supermask.files import atomic_file
 from tf_supermask.training.run_dir import FLAGS_FILE, RESULTS_FILE, parse_flagfile, read_json
 
 # Flags that never define a variant: seeds, paths and execution details.
@@ -255,12 +256,11 @@ def plot(points, path, metric="test_accuracy", title=None):
     note = f"{BAND_NOTE} ({'/'.join(str(n) for n in seeds)} seeds)"
     axes.set_title(f"{heading}\n{note}" if heading else note, fontsize=9)
     figure.tight_layout()
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    temp = os.path.join(folder, ".tmp-" + os.path.basename(path))
-    figure.savefig(temp, dpi=120, format="png")
-    plt.close(figure)
-    os.replace(temp, path)
+    try:
+        with atomic_file(path) as temp:
+            figure.savefig(temp, dpi=120, format="png")
+    finally:
+        plt.close(figure)
 
 
 def write_report(run_dirs, output_prefix, title=None, plots_only=False):
