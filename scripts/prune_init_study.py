@@ -379,7 +379,7 @@ def main(argv):
     methods = [m for m in args.methods.split(",") if m]
     sparsities = [float(s) for s in args.sparsities.split(",")]
     seeds = [int(s) for s in args.seeds.split(",")]
-    command = "nice -n 10 python scripts/prune_init_study.py " + " ".join(
+    command = "python scripts/prune_init_study.py " + " ".join(
         shlex.quote(a) for a in argv)
     if args.time_one:
         start = time.time()
