@@ -343,7 +343,9 @@ def write_plot(args, rows, methods, sparsities):
                       if (method, shuffled, s) in rows]
             if not points:
                 continue
-            xs = [100 * (1 - s) for s, _ in points]  # % remaining, as the other plots
+            # % remaining, as the other plots, where the run ended: a method whose sparsity
+            # is an outcome (dissipating by its fraction) is drawn where it got to.
+            xs = [100 * (1 - (s if v[3] is None else v[3])) for s, v in points]
             ys = [100 * v[0] for _, v in points]
             style = "--" if shuffled else "-"
             axes.errorbar(xs, ys, yerr=[100 * v[1] for _, v in points], color=colors(index % 10),
@@ -358,6 +360,10 @@ def write_plot(args, rows, methods, sparsities):
                    "line: mean over seeds; error bars: one standard deviation over seeds",
                    fontsize=9)
     ticks = [100 * (1 - s) for s in sparsities if s < 1]
+    for key, value in sorted(rows.items()):  # where runs ended away from every column
+        remaining = None if value[3] is None else round(100 * (1 - value[3]), 1)
+        if key[0] != "dense" and remaining and all(abs(remaining / t - 1) > 0.2 for t in ticks):
+            ticks.append(remaining)
     axes.set_xticks(ticks)
     axes.set_xticklabels([f"{tick:g}" for tick in ticks])
     axes.minorticks_off()
