@@ -48,9 +48,9 @@ def stderr_to_devnull():
 def help_only(argv):
     """Whether `argv` only asks for help (``--help`` and its spellings, ``--helpfull``):
     then nothing imports Keras, and the binary answers at once."""
-    from tf_supermask.bin.help import HELP_ARGS
+    from tf_supermask.bin.help import help_requested
 
-    return any(arg in HELP_ARGS or arg in ("--helpfull", "-helpfull") for arg in argv[1:])
+    return help_requested(argv) or any(arg in ("--helpfull", "-helpfull") for arg in argv[1:])
 
 
 DEBUG = debug_requested(sys.argv)

@@ -14,6 +14,16 @@ from tf_supermask.config import option
 from tf_supermask.pruning.options import GRADUAL_SCHEDULES, SCOPES, PruneOptions
 from tf_supermask.training.config import TrainConfig
 
+def _check_weights_binary(config, binary, what):
+    """What the lottery and fine-tuning binaries share: one host, and weights that train
+    under a dense or fixed mask (`what` says why, in the error)."""
+    from tf_supermask.training.distribute import single_worker_only
+
+    single_worker_only(config.strategy, binary)
+    if config.mask not in ("dense", "fixed"):
+        raise ValueError(f"{binary} {what}; --mask must be dense or fixed, got {config.mask!r}")
+
+
 # tf-supermask-lottery --------------------------------------------------------------
 
 PRUNED_WEIGHTS = ("zero", "init", "zero_if_shrunk")
@@ -71,12 +81,8 @@ class LotteryConfig(TrainConfig):
     def __post_init__(self):
         super().__post_init__()
         from tf_supermask.pruning.criteria import CRITERIA
-        from tf_supermask.training.distribute import single_worker_only
 
-        single_worker_only(self.strategy, "tf-supermask-lottery")
-        if self.mask not in ("dense", "fixed"):
-            raise ValueError(f"tf-supermask-lottery trains weights under fixed masks; --mask "
-                             f"must be dense or fixed, got {self.mask!r}")
+        _check_weights_binary(self, "tf-supermask-lottery", "trains weights under fixed masks")
         if self.levels < 0:
             raise ValueError(f"--levels must be at least 0, got {self.levels}")
         for name in ("prune_rate_conv", "prune_rate_dense", "prune_rate_output", "prune_rate"):
@@ -192,12 +198,7 @@ class FinetuneConfig(TrainConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        from tf_supermask.training.distribute import single_worker_only
-
-        single_worker_only(self.strategy, "tf-supermask-finetune")
-        if self.mask not in ("dense", "fixed"):
-            raise ValueError(f"tf-supermask-finetune prunes trained weights; --mask must be "
-                             f"dense or fixed, got {self.mask!r}")
+        _check_weights_binary(self, "tf-supermask-finetune", "prunes trained weights")
         if not 0.0 <= self.sparsity < 1.0:
             raise ValueError(f"--sparsity is the fraction pruned and must be in [0, 1), got "
                              f"{self.sparsity}")

@@ -28,7 +28,7 @@ import keras
 import numpy as np
 
 from tf_supermask.layers import masked_layers, set_masks
-from tf_supermask.pruning.options import GRADUAL_SCHEDULES, SCOPES  # noqa: F401
+from tf_supermask.pruning.options import GRADUAL_SCHEDULES, SCOPES
 from tf_supermask.pruning.select import top_masks
 
 SCHEDULES = GRADUAL_SCHEDULES

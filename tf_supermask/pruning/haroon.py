@@ -25,14 +25,11 @@ from keras import ops
 
 from tf_supermask.backend import gradient_function
 from tf_supermask.layers import get_masks, set_masks
-from tf_supermask.pruning.options import (DISSIPATING_SCHEDULES, DISSIPATING_TARGETS,  # noqa: F401
-                                          FITNESSES, KSTARTS_MODES, SCOPES)
-from tf_supermask.pruning.saliency import (_loss_fn, _seed_list, check_collapse,
-                                           density_of, fixed_layers, kernel_values, random_masks,
-                                           take_batches)
+from tf_supermask.pruning.options import (DISSIPATING_SCHEDULES, DISSIPATING_TARGETS, FITNESSES,
+                                          KSTARTS_MODES, SCOPES, density_of)
+from tf_supermask.pruning.saliency import (_loss_fn, _seed_list, check_collapse, fixed_layers,
+                                           kernel_values, random_masks, take_batches)
 from tf_supermask.pruning.select import counts_for_fraction, top_masks
-
-SCHEDULES = DISSIPATING_SCHEDULES
 
 
 # ---------------------------------------------------------------------------
@@ -318,7 +315,7 @@ def dissipating_allowed(start, target, epoch, epochs, schedule):
     elif schedule == "linear":
         value = start - (start - target) * t
     else:
-        raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
+        raise ValueError(f"schedule must be one of {DISSIPATING_SCHEDULES}, got {schedule!r}")
     return max(int(target), int(round(value)))
 
 

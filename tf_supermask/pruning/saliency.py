@@ -30,7 +30,7 @@ from keras import ops
 
 from tf_supermask.backend import gradient_function, value_and_grads
 from tf_supermask.layers import masked_layers, set_masks
-from tf_supermask.pruning.options import SCOPES, density_of  # noqa: F401
+from tf_supermask.pruning.options import SCOPES, density_of
 from tf_supermask.pruning.select import collapsed_layers, counts_for_fraction, top_masks
 
 
