@@ -15,7 +15,8 @@ from keras import ops
 
 from tf_supermask.data.device import DeviceBatches, crop_and_flip
 from tf_supermask.data.pipeline import ArrayBatches, crop_and_flip_draws, random_crop_and_flip
-from tf_supermask.layers import MaskedDense, kept_count
+from test_fused import _reference_uniforms
+from tf_supermask.layers import MaskedDense, fused, kept_count
 from tf_supermask.layers import masks as masks_lib
 
 
@@ -86,16 +87,25 @@ def _manual_gradients(mode, kernel, scores, noise, x, upstream_weights):
     return keep, d_effective * keep, d_effective * kernel * d_mask_d_scores
 
 
+@pytest.mark.parametrize("use_kernels", [False, True])
 @pytest.mark.parametrize("mode", ["topk", "bernoulli"])
-def test_fused_straight_through_forward_and_gradients(mode):
+def test_fused_straight_through_forward_and_gradients(monkeypatch, mode, use_kernels):
+    # use_kernels: the fused CPU kernels (layers/fused.py), whose Bernoulli draw is
+    # SplitMix64 of the layer's seed (computed by hand in test_fused), else keras.ops.
+    if use_kernels and not fused.available(tf.zeros(())):
+        pytest.skip("fused kernels not built here")
+    monkeypatch.setattr(fused, "ENABLED", use_kernels)
     rng = np.random.default_rng(3)
     x = rng.normal(size=(8, 300)).astype("float32")
     weights = rng.normal(size=(8, 40)).astype("float32")
     layer = MaskedDense(40, mask=mode, k=0.3, seed=1, use_bias=False, train_weights=True)
     layer.build(x.shape)
     state = np.array(layer.seed_generator.state)
-    noise = ops.convert_to_numpy(keras.random.uniform((300, 40), seed=layer.seed_generator))
-    layer.seed_generator.state.assign(state)  # the layer draws that same noise
+    if use_kernels:
+        noise = _reference_uniforms(state, 300 * 40).reshape(300, 40)
+    else:
+        noise = ops.convert_to_numpy(keras.random.uniform((300, 40), seed=layer.seed_generator))
+        layer.seed_generator.state.assign(state)  # the layer draws that same noise
     with tf.GradientTape() as tape:
         loss = tf.reduce_sum(weights * layer(x, training=True))
     d_kernel, d_scores = tape.gradient(loss, [layer.kernel_variable, layer.scores])

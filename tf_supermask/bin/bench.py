@@ -27,6 +27,8 @@ flags.DEFINE_boolean("mixed_precision", False, "mixed_float16 (TF) / mixed_bfloa
 flags.DEFINE_integer("steps_per_execution", 1, "Training steps per compiled call.")
 flags.DEFINE_string("topk_method", "auto", "Exact top-k select: auto (per backend and size), "
                     "sort, radix, count or bucket (TensorFlow only).")
+flags.DEFINE_boolean("fused", True, "Use the fused CPU mask kernels where available "
+                     "(TensorFlow on a CPU); false: the keras.ops masks, for comparison.")
 FLAGS = flags.FLAGS
 
 
@@ -39,7 +41,7 @@ def main(argv):
                             input_pipeline=FLAGS.input_pipeline,
                             mixed_precision=FLAGS.mixed_precision,
                             steps_per_execution=FLAGS.steps_per_execution,
-                            topk_method=FLAGS.topk_method)
+                            topk_method=FLAGS.topk_method, fused=FLAGS.fused)
     if FLAGS.output:
         os.makedirs(os.path.dirname(os.path.abspath(FLAGS.output)), exist_ok=True)
         with open(FLAGS.output, "w") as stream:

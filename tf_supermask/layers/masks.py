@@ -9,12 +9,14 @@ backward pass treats it as a smooth function of the scores.
 """
 
 import functools
+import math
 
 import keras
 from keras import ops
 
 from tf_supermask.backend import (bitcast_to_int32, compact, compiled, histogram, platform, read,
                                   supports_dynamic_shapes)
+from tf_supermask.layers import fused
 from tf_supermask.registry import Registry
 
 MASK_MODES = Registry("mask mode")
@@ -273,8 +275,10 @@ class MaskMode:
         "topk" overrides this: the binary mask is computed once, inside a
         custom-gradient op, so the straight-through estimator costs one select
         forwards and one product backwards instead of the
-        ``binary + s - stop_gradient(s)`` chain. (The same for "bernoulli" was
-        measured slower than its chain, whose sigmoid gradient is one fused op.)
+        ``binary + s - stop_gradient(s)`` chain. "topk" and "bernoulli" use the
+        fused CPU kernels (``layers/fused.py``) where they are available. (A
+        custom-gradient "bernoulli" of TensorFlow ops was measured slower than
+        its chain, whose sigmoid gradient is one fused op.)
         """
         return None
 
@@ -323,6 +327,14 @@ class BernoulliMode(ScoreMode):
             return probs + ops.stop_gradient(sample - probs)
         return ops.stop_gradient(ops.cast(layer.scores > 0, probs.dtype))
 
+    def masked_kernel(self, layer, kernel, training):
+        if training or layer.eval_sample:
+            scores = read(layer.scores)
+            if fused.available(kernel, scores):
+                return fused.bernoulli_masked(kernel, scores, layer.seed_generator.next(),
+                                              kernel_grad=layer.train_weights)
+        return None
+
     def binary_mask(self, layer):
         return ops.cast(layer.scores > 0, layer.scores.dtype)
 
@@ -350,6 +362,9 @@ class TopKMode(ScoreMode):
     def masked_kernel(self, layer, kernel, training):
         scores = read(layer.scores)
         if training:
+            if fused.available(kernel, scores):
+                kept = kept_count(layer.k, math.prod(scores.shape))
+                return fused.topk_masked(kernel, scores, kept, kernel_grad=layer.train_weights)
             return _topk_straight_through(kernel, scores, layer.k)
         return ops.where(topk_keep(scores, layer.k), kernel, ops.cast(0, kernel.dtype))
 

@@ -17,6 +17,7 @@ import keras
 import numpy as np
 
 from tf_supermask.data.device import batches_class
+from tf_supermask.layers import fused as fused_lib
 from tf_supermask.layers import masks as masks_lib
 from tf_supermask.models import MODELS, MaskOptions, build_model
 from tf_supermask.training.config import TrainConfig
@@ -149,19 +150,22 @@ def measure_model(model_name, masks, batch_size=128, steps=0, repeats=3, k=0.5,
 
 def run_benchmark(models, masks, batch_size=128, steps=0, repeats=3, k=0.5, jit_compile="auto",
                   log=print, epochs=True, input_pipeline="host", mixed_precision=False,
-                  steps_per_execution=1, topk_method="auto"):
+                  steps_per_execution=1, topk_method="auto", fused=True):
     """Records per (model, mask): bare-step and whole-epoch images/s with masked/dense ratios.
 
     Each record has model, mask, batch_size, images_per_s, step_ms and
     ratio_to_dense (the bare step), epoch_images_per_s and epoch_ratio_to_dense
     (whole epochs through the input pipeline; None without `epochs`), and the
     settings. A ratio is the masked time over the dense time of the same model
-    (1.0 for dense itself; None when dense was not measured).
+    (1.0 for dense itself; None when dense was not measured). `fused=False` turns
+    off the fused CPU mask kernels (``layers/fused.py``); records say whether they ran.
     """
     check_names(models, masks)
     if topk_method != "auto":
         masks_lib.TOPK_METHODS.get(topk_method)
     previous_method, masks_lib.TOPK_METHOD = masks_lib.TOPK_METHOD, topk_method
+    previous_fused, fused_lib.ENABLED = fused_lib.ENABLED, fused
+    fused_ran = fused and fused_lib.available(keras.ops.zeros(()))
     records = []
     try:
         with _precision(mixed_precision):
@@ -173,9 +177,10 @@ def run_benchmark(models, masks, batch_size=128, steps=0, repeats=3, k=0.5, jit_
                     records.append(_record(model_name, mask, best, batch_size, log, {
                         "input_pipeline": input_pipeline, "mixed_precision": mixed_precision,
                         "steps_per_execution": steps_per_execution, "topk_method": topk_method,
-                        "k": k}))
+                        "k": k, "fused": fused_ran}))
     finally:
         masks_lib.TOPK_METHOD = previous_method
+        fused_lib.ENABLED = previous_fused
     return records
 
 
