@@ -99,7 +99,7 @@ def test_bernoulli_draws_the_splitmix_uniforms_against_sigmoid(size):
     scores = rng.normal(scale=2.0, size=size).astype("float32")
     kernel = rng.normal(size=size).astype("float32")
     seed = np.array([12345, 678], np.int64)
-    masked, keep = fused.library().supermask_bernoulli(scores, kernel, seed)
+    masked, keep, _ = fused.library().supermask_bernoulli(scores, kernel, seed)
     u = _reference_uniforms(seed, size)
     probs = (1.0 / (1.0 + np.exp(-scores.astype(np.float64)))).astype(np.float32)
     expected = u < probs
@@ -124,18 +124,16 @@ def test_bernoulli_rate_follows_the_probability_and_the_seed_changes_the_draw():
     assert np.all(np.abs(counts - size / 16) < 5 * np.sqrt(size / 16))
 
 
-@pytest.mark.parametrize("estimator", ["sign", "sigmoid"])
-def test_score_gradient_matches_the_formula(estimator):
+def test_score_gradients_match_the_formulas():
     rng = np.random.default_rng(1)
     g, w = (rng.normal(size=(64, 33)).astype("float32") for _ in range(2))
     s = rng.normal(size=(64, 33)).astype("float32")
     s[0, :5] = 0.0
-    got = fused.library().supermask_score_grad(g, w, s, estimator=estimator).numpy()
-    if estimator == "sign":
-        np.testing.assert_array_equal(got, (g * w) * np.sign(s))
-    else:
-        p = 1.0 / (1.0 + np.exp(-s.astype(np.float64)))
-        np.testing.assert_allclose(got, g * w * p * (1.0 - p), rtol=2e-6, atol=1e-9)
+    got = fused.library().supermask_top_k_grad(g, w, s).numpy()
+    np.testing.assert_array_equal(got, (g * w) * np.sign(s))  # d |s| / d s = sign(s)
+    slope = fused.library().supermask_bernoulli(s, w, np.array([3, 4]))[2].numpy()
+    p = 1.0 / (1.0 + np.exp(-s.astype(np.float64)))
+    np.testing.assert_allclose(slope, w * p * (1.0 - p), rtol=2e-6, atol=1e-9)
 
 
 def _train(mode, enabled, monkeypatch, steps=4):
@@ -151,11 +149,25 @@ def _train(mode, enabled, monkeypatch, steps=4):
     return [np.array(v) for v in model.weights]
 
 
-def test_topk_training_is_bit_identical_with_and_without_the_fused_kernel(monkeypatch):
-    with_fused = _train("topk", True, monkeypatch)
-    without = _train("topk", False, monkeypatch)
+@pytest.mark.parametrize("mode", ["topk", "fixed"])
+def test_training_is_bit_identical_with_and_without_the_fused_kernels(monkeypatch, mode):
+    with_fused = _train(mode, True, monkeypatch)
+    without = _train(mode, False, monkeypatch)
     for a, b in zip(with_fused, without):
         np.testing.assert_array_equal(a, b)
+
+
+def test_fixed_mask_product_and_its_gradient():
+    rng = np.random.default_rng(4)
+    kernel = tf.constant(rng.normal(size=(30, 7)).astype("float32"))
+    mask = tf.constant((rng.uniform(size=(30, 7)) < 0.3).astype("float32"))
+    upstream = rng.normal(size=(30, 7)).astype("float32")
+    with tf.GradientTape() as tape:
+        tape.watch(kernel)
+        product = fused.fixed_masked(kernel, mask)
+        loss = tf.reduce_sum(product * upstream)
+    np.testing.assert_array_equal(product.numpy(), kernel.numpy() * mask.numpy())
+    np.testing.assert_array_equal(tape.gradient(loss, kernel).numpy(), upstream * mask.numpy())
 
 
 def test_bernoulli_training_is_repeatable_and_the_kernel_is_used(monkeypatch):
@@ -199,3 +211,13 @@ def test_without_a_compiler_the_layers_fall_back_with_one_warning(monkeypatch, t
         assert all(np.all(np.isfinite(w)) for w in weights)
     finally:
         fused.library.cache_clear()
+
+
+@pytest.mark.parametrize("mode", ["topk", "bernoulli"])
+def test_xla_steps_use_the_keras_ops_masks(mode):
+    # XLA cannot compile custom ops: under jit_compile the layers take the other path.
+    model = build_model("fc", (6, 6, 1), 3, MaskOptions(mask=mode, k=0.4, seed=2))
+    model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy", jit_compile=True)
+    x = np.random.default_rng(0).normal(size=(16, 6, 6, 1)).astype("float32")
+    loss = model.train_on_batch(x, np.arange(16) % 3)
+    assert np.isfinite(loss)

@@ -81,8 +81,8 @@ def compact(values, condition):
     raise NotImplementedError(f"compact is not implemented for the {_backend()} backend")
 
 
-def supports_dynamic_shapes():
-    """Whether ops traced here may have data-dependent shapes (TensorFlow outside XLA)."""
+def tensorflow_xla():
+    """Whether TensorFlow ops traced here will be compiled by XLA (``jit_compile``)."""
     if _backend() != "tensorflow":
         return False
     import tensorflow as tf
@@ -90,8 +90,13 @@ def supports_dynamic_shapes():
     try:
         from tensorflow.python.ops import control_flow_util
     except ImportError:  # private module moved: assume XLA when asked for it anywhere
-        return not tf.config.optimizer.get_jit()
-    return not control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
+        return bool(tf.config.optimizer.get_jit())
+    return control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
+
+
+def supports_dynamic_shapes():
+    """Whether ops traced here may have data-dependent shapes (TensorFlow outside XLA)."""
+    return _backend() == "tensorflow" and not tensorflow_xla()
 
 
 def platform():

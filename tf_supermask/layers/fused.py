@@ -2,15 +2,18 @@
 
 On fc, the exact top-k select and the Bernoulli draw over the 235k-weight first
 layer cost 35 to 60 % of the dense step as chains of TensorFlow ops (each op a
-full pass over the layer, plus its allocation). ``fused_ops.cc`` does each
-mask, and the straight-through gradient to the scores, in one pass. It is
+full pass over the layer, plus its allocation and a hand-off to the intra-op
+threads). ``fused_ops.cc`` does each mask in one single-threaded pass, and the
+straight-through gradient to the scores in one more; a fixed mask is one
+product forwards and one backwards. It is
 compiled on first use with the installed TensorFlow's headers (g++, about 10 s)
 into ``$TF_SUPERMASK_CACHE`` (default ``~/.cache/tf_supermask/ops``) and reused.
 
-Where it cannot be used (another backend, a GPU, a dtype other than float32,
-no compiler, ``TF_SUPERMASK_FUSED=0``) the layers run the ``keras.ops`` code in
+Where it cannot be used (another backend, a GPU, XLA, a dtype other than
+float32, no compiler, ``TF_SUPERMASK_FUSED=0``) the layers run the ``keras.ops`` code in
 ``masks.py``:
-- top-k gives the same mask either way, bit for bit (the tests check it);
+- top-k and fixed masks give the same results either way, bit for bit (the
+  tests check it, over whole training steps too);
 - Bernoulli draws its uniforms from the kernel's own generator (SplitMix64 of
   the Keras seed and the position, 24 bits), so a run's masks depend on which
   path it took, as they already depend on the backend's generator; the
@@ -30,7 +33,7 @@ import tempfile
 import keras
 from keras import ops
 
-from tf_supermask.backend import platform
+from tf_supermask.backend import platform, tensorflow_xla
 
 ENV_SWITCH = "TF_SUPERMASK_FUSED"  # "0" turns the fused kernels off
 CACHE_ENV = "TF_SUPERMASK_CACHE"
@@ -101,49 +104,72 @@ def library():
 
 
 def available(*tensors):
-    """Whether the fused kernels serve these tensors: TensorFlow on a CPU, float32, built."""
+    """Whether the fused kernels serve these tensors: TensorFlow on a CPU outside XLA
+    (which cannot compile custom ops), float32, library built."""
     return (ENABLED and keras.backend.backend() == "tensorflow" and platform() == "cpu"
-            and all(t.dtype == "float32" for t in tensors) and library() is not None)
+            and not tensorflow_xla() and all(t.dtype == "float32" for t in tensors)
+            and library() is not None)
 
 
-def _straight_through(select, estimator, kernel, scores, kernel_grad):
-    """select(with_keep) -> (masked kernel, keep); gradients: d kernel = where(keep, g, 0)
-    (None unless `kernel_grad`), d scores = the estimator's pass over g, kernel, scores."""
+def _kernel_gradient(keep, upstream, kernel_grad):
+    import tensorflow as tf
+
+    return tf.where(keep, upstream, tf.zeros_like(upstream)) if kernel_grad else None
+
+
+def topk_masked(kernel, scores, kept, kernel_grad=True):
+    """where(the `kept` largest |scores|, kernel, 0), with top-k's straight-through gradient:
+    d kernel = where(keep, g, 0) (None unless `kernel_grad`), d scores = g * kernel *
+    sign(scores). Same values as ``masks._topk_straight_through``."""
     import tensorflow as tf
 
     lib = library()
 
     @tf.custom_gradient
     def apply(kernel, scores):
-        masked, keep = select(kernel, scores, with_keep=kernel_grad)
+        masked, keep = lib.supermask_top_k(scores, kernel, kept=kept, with_keep=kernel_grad)
 
         def grad(upstream):
-            d_scores = lib.supermask_score_grad(upstream, kernel, scores, estimator=estimator)
-            d_kernel = tf.where(keep, upstream, tf.zeros_like(upstream)) if kernel_grad else None
-            return d_kernel, d_scores
+            return (_kernel_gradient(keep, upstream, kernel_grad),
+                    lib.supermask_top_k_grad(upstream, kernel, scores))
 
         return masked, grad
 
     return apply(kernel, scores)
 
 
-def topk_masked(kernel, scores, kept, kernel_grad=True):
-    """where(the `kept` largest |scores|, kernel, 0), with top-k's straight-through gradient:
-    d kernel = where(keep, g, 0), d scores = g * kernel * sign(scores). Same values as
-    ``masks._topk_straight_through``."""
-    def select(kernel, scores, with_keep):
-        return library().supermask_top_k(scores, kernel, kept=kept, with_keep=with_keep)
-
-    return _straight_through(select, "sign", kernel, scores, kernel_grad)
-
-
 def bernoulli_masked(kernel, scores, seed, kernel_grad=True):
     """where(u < sigmoid(scores), kernel, 0) for uniforms u drawn from `seed` (2 integers),
-    with the straight-through gradient d kernel = where(mask, g, 0),
-    d scores = g * kernel * sigmoid'(scores)."""
+    with the straight-through gradient d kernel = where(mask, g, 0) (None unless
+    `kernel_grad`), d scores = g * kernel * sigmoid'(scores)."""
+    import tensorflow as tf
+
+    lib = library()
     seed = ops.cast(seed, "int64")
 
-    def select(kernel, scores, with_keep):
-        return library().supermask_bernoulli(scores, kernel, seed, with_keep=with_keep)
+    @tf.custom_gradient
+    def apply(kernel, scores):
+        masked, keep, slope = lib.supermask_bernoulli(scores, kernel, seed, with_keep=kernel_grad)
 
-    return _straight_through(select, "sigmoid", kernel, scores, kernel_grad)
+        def grad(upstream):
+            return _kernel_gradient(keep, upstream, kernel_grad), upstream * slope
+
+        return masked, grad
+
+    return apply(kernel, scores)
+
+
+def fixed_masked(kernel, mask):
+    """kernel * mask with d kernel = g * mask (the mask takes no gradient)."""
+    import tensorflow as tf
+
+    lib = library()
+
+    @tf.custom_gradient
+    def apply(kernel):
+        def grad(upstream):
+            return lib.supermask_multiply(upstream, mask)
+
+        return lib.supermask_multiply(kernel, mask), grad
+
+    return apply(kernel)

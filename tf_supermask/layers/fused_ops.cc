@@ -2,8 +2,10 @@
 //
 // Built on first use by tf_supermask/layers/fused.py (g++ against the installed
 // TensorFlow's headers) and used only on a CPU; every other case runs the
-// keras.ops code in masks.py, which these kernels match exactly (tests compare
-// both against NumPy).
+// keras.ops code in masks.py (tests compare both against NumPy). Each kernel is
+// one single-threaded pass (AVX-512 where the CPU has it): on the 2-core VM
+// these ops were measured, handing work to TensorFlow's intra-op threads cost
+// more than it saved.
 //
 // SupermaskTopK: where(the `kept` largest |scores|, kernel, 0) and that boolean
 //   mask, exactly: ties at the threshold keep the lower flat positions first,
@@ -14,13 +16,15 @@
 //   the band misses, a 16-bit histogram pass and a partial sort of one bucket
 //   find it. The remembered value only decides how fast the exact answer is
 //   found, never what it is.
-// SupermaskBernoulli: where(u < sigmoid(scores), kernel, 0) and that mask, where
-//   u is a uniform in [0, 1) with 24 random bits drawn for each position from a
-//   counter-based generator (SplitMix64 of the seed and the position), so the
-//   draw depends only on the seed, never on threading.
-// SupermaskScoreGrad: the straight-through gradient to the scores,
-//   upstream * kernel * sign(scores) ("sign", for top-k's |scores|) or
-//   upstream * kernel * sigmoid'(scores) ("sigmoid", for Bernoulli), in one pass.
+// SupermaskTopKGrad: top-k's straight-through gradient to the scores,
+//   upstream * kernel * sign(scores) (the derivative of |scores|), in one pass.
+// SupermaskBernoulli: where(u < sigmoid(scores), kernel, 0), that mask, and
+//   kernel * sigmoid'(scores) for the straight-through gradient (the sigmoid is
+//   computed once per step), where u is a uniform in [0, 1) with 24 random bits
+//   for each position from a counter-based generator (SplitMix64 of the seed and
+//   the position), so the draw depends only on the seed.
+// SupermaskMultiply: x * mask, for a fixed mask and its gradient (over x's
+//   buffer when nothing else reads it).
 
 #include <algorithm>
 #include <atomic>
@@ -303,16 +307,22 @@ class SupermaskBernoulliOp : public OpKernel {
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, kernel.shape(), &masked));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(1, with_keep_ ? scores.shape() : TensorShape({0}),
                                              &keep));
+    Tensor* slope = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(2, scores.shape(), &slope));
     const float* s = scores.flat<float>().data();
     const float* w = kernel.flat<float>().data();
     float* out = masked->flat<float>().data();
+    float* ds = slope->flat<float>().data();
     bool* k = with_keep_ ? keep->flat<bool>().data() : nullptr;
     float p[kChunk], u[kChunk];  // kChunk is even, so every chunk starts at an even position
     for (int64_t c = 0; c < n; c += kChunk) {
       const int64_t len = std::min(kChunk, n - c);
       SigmoidInto(s + c, len, p);
       UniformsInto(key, c, len, u);
-      for (int64_t j = 0; j < len; ++j) out[c + j] = u[j] < p[j] ? w[c + j] : 0.0f;
+      for (int64_t j = 0; j < len; ++j) {
+        out[c + j] = u[j] < p[j] ? w[c + j] : 0.0f;
+        ds[c + j] = w[c + j] * (p[j] * (1.0f - p[j]));
+      }
       if (k != nullptr) {
         for (int64_t j = 0; j < len; ++j) k[c + j] = u[j] < p[j];
       }
@@ -323,13 +333,9 @@ class SupermaskBernoulliOp : public OpKernel {
   bool with_keep_ = true;
 };
 
-class SupermaskScoreGradOp : public OpKernel {
+class SupermaskTopKGradOp : public OpKernel {
  public:
-  explicit SupermaskScoreGradOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
-    std::string estimator;
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("estimator", &estimator));
-    sigmoid_ = estimator == "sigmoid";
-  }
+  explicit SupermaskTopKGradOp(OpKernelConstruction* ctx) : OpKernel(ctx) {}
 
   void Compute(OpKernelContext* ctx) override {
     const Tensor& upstream = ctx->input(0);
@@ -344,24 +350,43 @@ class SupermaskScoreGradOp : public OpKernel {
     const float* s = scores.flat<float>().data();
     float* d = d_scores->flat<float>().data();
     const int64_t n = scores.NumElements();
-    if (sigmoid_) {
-      float p[kChunk];
-      for (int64_t c = 0; c < n; c += kChunk) {
-        const int64_t len = std::min(kChunk, n - c);
-        SigmoidInto(s + c, len, p);
-        for (int64_t j = 0; j < len; ++j) d[c + j] = g[c + j] * w[c + j] * (p[j] * (1.0f - p[j]));
-      }
-    } else {
-      for (int64_t i = 0; i < n; ++i) {
-        const float sign = static_cast<float>((s[i] > 0.0f) - (s[i] < 0.0f));
-        d[i] = g[i] * w[i] * sign;
-      }
+    for (int64_t i = 0; i < n; ++i) {
+      const float sign = static_cast<float>((s[i] > 0.0f) - (s[i] < 0.0f));
+      d[i] = g[i] * w[i] * sign;
     }
   }
-
- private:
-  bool sigmoid_ = false;
 };
+
+class SupermaskMultiplyOp : public OpKernel {
+ public:
+  explicit SupermaskMultiplyOp(OpKernelConstruction* ctx) : OpKernel(ctx) {}
+
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& x = ctx->input(0);
+    const Tensor& mask = ctx->input(1);
+    OP_REQUIRES(ctx, x.shape() == mask.shape(),
+                InvalidArgument("x and mask differ in shape: ", x.shape().DebugString(), " and ",
+                                mask.shape().DebugString()));
+    Tensor* product = nullptr;  // written over x when nothing else reads it
+    OP_REQUIRES_OK(ctx, ctx->forward_input_or_allocate_output({0}, 0, x.shape(), &product));
+    const float* a = x.flat<float>().data();
+    const float* m = mask.flat<float>().data();
+    float* out = product->flat<float>().data();
+    const int64_t n = x.NumElements();
+    for (int64_t i = 0; i < n; ++i) out[i] = a[i] * m[i];
+  }
+};
+
+REGISTER_OP("SupermaskMultiply")
+    .Input("x: float")
+    .Input("mask: float")
+    .Output("product: float")
+    .SetShapeFn([](tensorflow::shape_inference::InferenceContext* c) {
+      c->set_output(0, c->input(0));
+      return tensorflow::OkStatus();
+    });
+
+REGISTER_KERNEL_BUILDER(Name("SupermaskMultiply").Device(DEVICE_CPU), SupermaskMultiplyOp);
 
 REGISTER_OP("SupermaskTopK")
     .Input("scores: float")
@@ -384,21 +409,22 @@ REGISTER_OP("SupermaskBernoulli")
     .Input("seed: int64")
     .Output("masked: float")
     .Output("keep: bool")
+    .Output("slope: float")  // kernel * sigmoid'(scores): d masked / d scores, straight through
     .Attr("with_keep: bool = true")
     .SetShapeFn([](tensorflow::shape_inference::InferenceContext* c) {
       bool with_keep = true;
       TF_RETURN_IF_ERROR(c->GetAttr("with_keep", &with_keep));
       c->set_output(0, c->input(1));
       c->set_output(1, with_keep ? c->input(0) : c->Vector(0));
+      c->set_output(2, c->input(0));
       return tensorflow::OkStatus();
     });
 
-REGISTER_OP("SupermaskScoreGrad")
+REGISTER_OP("SupermaskTopKGrad")
     .Input("upstream: float")
     .Input("kernel: float")
     .Input("scores: float")
     .Output("d_scores: float")
-    .Attr("estimator: {'sign', 'sigmoid'}")
     .SetShapeFn([](tensorflow::shape_inference::InferenceContext* c) {
       c->set_output(0, c->input(2));
       return tensorflow::OkStatus();
@@ -406,6 +432,6 @@ REGISTER_OP("SupermaskScoreGrad")
 
 REGISTER_KERNEL_BUILDER(Name("SupermaskTopK").Device(DEVICE_CPU), SupermaskTopKOp);
 REGISTER_KERNEL_BUILDER(Name("SupermaskBernoulli").Device(DEVICE_CPU), SupermaskBernoulliOp);
-REGISTER_KERNEL_BUILDER(Name("SupermaskScoreGrad").Device(DEVICE_CPU), SupermaskScoreGradOp);
+REGISTER_KERNEL_BUILDER(Name("SupermaskTopKGrad").Device(DEVICE_CPU), SupermaskTopKGradOp);
 
 }  // namespace tf_supermask

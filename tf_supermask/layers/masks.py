@@ -395,6 +395,12 @@ class FixedMode(MaskMode):
     def mask(self, layer, training):
         return layer.mask_variable
 
+    def masked_kernel(self, layer, kernel, training):
+        mask = read(layer.mask_variable)
+        if training and fused.available(kernel, mask):
+            return fused.fixed_masked(kernel, mask)
+        return None
+
     def binary_mask(self, layer):
         return ops.convert_to_tensor(layer.mask_variable)
 
