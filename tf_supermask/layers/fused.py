@@ -152,7 +152,8 @@ def bernoulli_masked(kernel, scores, seed, kernel_grad=True):
         masked, keep, slope = lib.supermask_bernoulli(scores, kernel, seed, with_keep=kernel_grad)
 
         def grad(upstream):
-            return _kernel_gradient(keep, upstream, kernel_grad), upstream * slope
+            return (_kernel_gradient(keep, upstream, kernel_grad),
+                    lib.supermask_multiply(upstream, slope))
 
         return masked, grad
 

@@ -23,8 +23,8 @@
 //   computed once per step), where u is a uniform in [0, 1) with 24 random bits
 //   for each position from a counter-based generator (SplitMix64 of the seed and
 //   the position), so the draw depends only on the seed.
-// SupermaskMultiply: x * mask, for a fixed mask and its gradient (over x's
-//   buffer when nothing else reads it).
+// SupermaskMultiply: x * y, for a fixed mask and its gradient, and Bernoulli's
+//   gradient to the scores (over x's buffer when nothing else reads it).
 
 #include <algorithm>
 #include <atomic>
