@@ -27,4 +27,6 @@ def test_bench_binary_writes_json(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     records = json.loads(output.read_text())
     assert {"model", "mask", "images_per_s", "ratio_to_dense"} <= set(records[0])
-    assert [r["mask"] for r in records] == ["dense", "bernoulli"]
+    # The control is a second dense model, timed in the same rounds (the noise floor).
+    assert [r["mask"] for r in records] == ["dense", "bernoulli", "dense_control"]
+    assert records[2]["ratio_to_dense"] > 0

@@ -29,6 +29,8 @@ flags.DEFINE_string("topk_method", "auto", "Exact top-k select: auto (per backen
                     "sort, radix, count or bucket (TensorFlow only).")
 flags.DEFINE_boolean("fused", True, "Use the fused CPU mask kernels where available "
                      "(TensorFlow on a CPU); false: the keras.ops masks, for comparison.")
+flags.DEFINE_boolean("control", True, "Also time a second dense model (mask dense_control) "
+                     "in the same rounds: its ratio to dense is the machine's noise floor.")
 FLAGS = flags.FLAGS
 
 
@@ -41,7 +43,8 @@ def main(argv):
                             input_pipeline=FLAGS.input_pipeline,
                             mixed_precision=FLAGS.mixed_precision,
                             steps_per_execution=FLAGS.steps_per_execution,
-                            topk_method=FLAGS.topk_method, fused=FLAGS.fused)
+                            topk_method=FLAGS.topk_method, fused=FLAGS.fused,
+                            control=FLAGS.control)
     if FLAGS.output:
         os.makedirs(os.path.dirname(os.path.abspath(FLAGS.output)), exist_ok=True)
         with open(FLAGS.output, "w") as stream:

@@ -60,7 +60,7 @@ def check_names(models, masks):
     for name in models:
         MODELS.get(name)
     for name in masks:
-        masks_lib.MASK_MODES.get(name)
+        masks_lib.MASK_MODES.get("dense" if name == CONTROL else name)
 
 
 @contextlib.contextmanager
@@ -103,6 +103,9 @@ def epoch_batches(model_name, batch_size, steps, input_pipeline="host", seed=0):
                                          normalization=CIFAR_STATS if cifar else (0.286, 0.353))
 
 
+CONTROL = "dense_control"  # a second dense model, timed like the others: the noise floor
+
+
 def measure_model(model_name, masks, batch_size=128, steps=0, repeats=3, k=0.5,
                   jit_compile="auto", seed=0, target_seconds=2.0, epochs=True,
                   input_pipeline="host", steps_per_execution=1):
@@ -112,6 +115,9 @@ def measure_model(model_name, masks, batch_size=128, steps=0, repeats=3, k=0.5,
     interleaved rounds, so that drift in the machine's speed hits every mode
     alike; each mode keeps its fastest round. `steps=0` picks the number of
     steps per timed round that lasts about `target_seconds`.
+
+    A mask named CONTROL is a second dense model: its ratio to dense shows how
+    far two identical models' timings differ on this machine.
 
     Returns:
       {mask: {"step": seconds per bare step, "epoch": seconds per step of whole
@@ -124,8 +130,8 @@ def measure_model(model_name, masks, batch_size=128, steps=0, repeats=3, k=0.5,
     warmup = _RepeatedBatch(x, y, 3)
     models, step_seconds = {}, {}
     for mask in masks:
-        models[mask] = _compiled(model_name, mask, k, jit_compile, seed, max(steps, 1),
-                                 steps_per_execution)
+        models[mask] = _compiled(model_name, "dense" if mask == CONTROL else mask, k, jit_compile,
+                                 seed, max(steps, 1), steps_per_execution)
         _timed_epoch(models[mask], warmup)
         step_seconds[mask] = _timed_epoch(models[mask], warmup) / 3
     if not steps:
@@ -150,7 +156,7 @@ def measure_model(model_name, masks, batch_size=128, steps=0, repeats=3, k=0.5,
 
 def run_benchmark(models, masks, batch_size=128, steps=0, repeats=3, k=0.5, jit_compile="auto",
                   log=print, epochs=True, input_pipeline="host", mixed_precision=False,
-                  steps_per_execution=1, topk_method="auto", fused=True):
+                  steps_per_execution=1, topk_method="auto", fused=True, control=False):
     """Records per (model, mask): bare-step and whole-epoch images/s with masked/dense ratios.
 
     Each record has model, mask, batch_size, images_per_s, step_ms and
@@ -159,8 +165,12 @@ def run_benchmark(models, masks, batch_size=128, steps=0, repeats=3, k=0.5, jit_
     settings. A ratio is the masked time over the dense time of the same model
     (1.0 for dense itself; None when dense was not measured). `fused=False` turns
     off the fused CPU mask kernels (``layers/fused.py``); records say whether they ran.
+    `control` adds a second dense model (mask CONTROL), timed in the same rounds:
+    its ratio to dense is the noise floor of the other ratios.
     """
     check_names(models, masks)
+    if control and "dense" in masks:
+        masks = list(masks) + [CONTROL]
     if topk_method != "auto":
         masks_lib.TOPK_METHODS.get(topk_method)
     previous_method, masks_lib.TOPK_METHOD = masks_lib.TOPK_METHOD, topk_method
