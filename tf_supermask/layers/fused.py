@@ -81,8 +81,10 @@ def _build(tf):
             done = subprocess.run([COMPILER, SOURCE, "-o", temporary] + flags,
                                   capture_output=True, text=True)
             if done.returncode != 0:
-                raise RuntimeError(done.stderr.strip().splitlines()[-1] if done.stderr
-                                   else f"{COMPILER} exited with {done.returncode}")
+                lines = done.stderr.strip().splitlines()
+                errors = [line for line in lines if "error" in line] or lines
+                raise RuntimeError(errors[0] if errors else
+                                   f"{COMPILER} exited with {done.returncode}")
             os.replace(temporary, path)  # another process may have built it too: same file
         finally:
             if os.path.exists(temporary):

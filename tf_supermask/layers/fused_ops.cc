@@ -37,6 +37,7 @@
 #include <immintrin.h>
 #endif
 
+#include "tensorflow/core/framework/common_shape_fns.h"
 #include "tensorflow/core/framework/op.h"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/shape_inference.h"
@@ -381,12 +382,20 @@ REGISTER_OP("SupermaskMultiply")
     .Input("x: float")
     .Input("mask: float")
     .Output("product: float")
-    .SetShapeFn([](tensorflow::shape_inference::InferenceContext* c) {
-      c->set_output(0, c->input(0));
-      return tensorflow::OkStatus();
-    });
+    .SetShapeFn(tensorflow::shape_inference::UnchangedShape);
 
 REGISTER_KERNEL_BUILDER(Name("SupermaskMultiply").Device(DEVICE_CPU), SupermaskMultiplyOp);
+
+// Shapes of the mask ops: masked kernel like the kernel (input 1), `keep` like the
+// scores (input 0) or empty without with_keep, then any further outputs like the scores.
+tensorflow::Status MaskShapes(tensorflow::shape_inference::InferenceContext* c) {
+  bool with_keep = true;
+  TF_RETURN_IF_ERROR(c->GetAttr("with_keep", &with_keep));
+  c->set_output(0, c->input(1));
+  c->set_output(1, with_keep ? c->input(0) : c->Vector(0));
+  for (int i = 2; i < c->num_outputs(); ++i) c->set_output(i, c->input(0));
+  return tensorflow::OkStatus();
+}
 
 REGISTER_OP("SupermaskTopK")
     .Input("scores: float")
@@ -395,13 +404,7 @@ REGISTER_OP("SupermaskTopK")
     .Output("keep: bool")
     .Attr("kept: int")
     .Attr("with_keep: bool = true")  // false: `keep` is empty (no kernel gradient needed)
-    .SetShapeFn([](tensorflow::shape_inference::InferenceContext* c) {
-      bool with_keep = true;
-      TF_RETURN_IF_ERROR(c->GetAttr("with_keep", &with_keep));
-      c->set_output(0, c->input(1));
-      c->set_output(1, with_keep ? c->input(0) : c->Vector(0));
-      return tensorflow::OkStatus();
-    });
+    .SetShapeFn(MaskShapes);
 
 REGISTER_OP("SupermaskBernoulli")
     .Input("scores: float")
@@ -411,24 +414,14 @@ REGISTER_OP("SupermaskBernoulli")
     .Output("keep: bool")
     .Output("slope: float")  // kernel * sigmoid'(scores): d masked / d scores, straight through
     .Attr("with_keep: bool = true")
-    .SetShapeFn([](tensorflow::shape_inference::InferenceContext* c) {
-      bool with_keep = true;
-      TF_RETURN_IF_ERROR(c->GetAttr("with_keep", &with_keep));
-      c->set_output(0, c->input(1));
-      c->set_output(1, with_keep ? c->input(0) : c->Vector(0));
-      c->set_output(2, c->input(0));
-      return tensorflow::OkStatus();
-    });
+    .SetShapeFn(MaskShapes);
 
 REGISTER_OP("SupermaskTopKGrad")
     .Input("upstream: float")
     .Input("kernel: float")
     .Input("scores: float")
     .Output("d_scores: float")
-    .SetShapeFn([](tensorflow::shape_inference::InferenceContext* c) {
-      c->set_output(0, c->input(2));
-      return tensorflow::OkStatus();
-    });
+    .SetShapeFn(tensorflow::shape_inference::UnchangedShape);  // all inputs share one shape
 
 REGISTER_KERNEL_BUILDER(Name("SupermaskTopK").Device(DEVICE_CPU), SupermaskTopKOp);
 REGISTER_KERNEL_BUILDER(Name("SupermaskBernoulli").Device(DEVICE_CPU), SupermaskBernoulliOp);
