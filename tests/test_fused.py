@@ -8,42 +8,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from conftest import reference_topk_keep as _reference_keep
+from conftest import reference_uniforms as _reference_uniforms
 from tf_supermask.layers import MaskedDense, fused, kept_count
 from tf_supermask.models import MaskOptions, build_model
 
 pytestmark = pytest.mark.skipif(not fused.available(tf.zeros(())),
                                 reason="fused kernels not built here (no compiler)")
-
-GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-
-
-def _reference_keep(scores, kept):
-    """The `kept` largest |scores|, earliest position first among equal magnitudes."""
-    flat = np.abs(np.asarray(scores, np.float32).reshape(-1))
-    keep = np.zeros(flat.size, bool)
-    keep[np.argsort(-flat, kind="stable")[:kept]] = True
-    return keep.reshape(np.shape(scores))
-
-
-def _splitmix64(z):
-    with np.errstate(over="ignore"):
-        z = np.asarray(z, np.uint64)
-        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        return z ^ (z >> np.uint64(31))
-
-
-def _reference_uniforms(seed, size):
-    """Position i: 24 bits of SplitMix64(key + golden * (i // 2 + 1)), high for even i."""
-    seed = np.asarray(seed).astype(np.int64).view(np.uint64)
-    key = _splitmix64((seed[0] << np.uint64(32)) ^ (seed[1] & np.uint64(0xFFFFFFFF)))
-    index = np.arange(size, dtype=np.uint64)
-    with np.errstate(over="ignore"):
-        draws = _splitmix64(key + GOLDEN * (index // np.uint64(2) + np.uint64(1)))
-    bits = np.where(index % np.uint64(2) == 0, draws >> np.uint64(40),
-                    draws & np.uint64(0xFFFFFF))
-    return bits.astype(np.float32) * np.float32(2.0 ** -24)
-
 
 def _scores(kind, size, rng):
     if kind == "normal":

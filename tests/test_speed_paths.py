@@ -15,17 +15,15 @@ from keras import ops
 
 from tf_supermask.data.device import DeviceBatches, crop_and_flip
 from tf_supermask.data.pipeline import ArrayBatches, crop_and_flip_draws, random_crop_and_flip
-from test_fused import _reference_uniforms
+from conftest import reference_topk_keep
+from conftest import reference_uniforms as _reference_uniforms
 from tf_supermask.layers import MaskedDense, fused, kept_count
 from tf_supermask.layers import masks as masks_lib
 
 
 def _reference_mask(values, k):
     """Edge-popup's rule by hand: the round(k n) largest |values|, earliest first on ties."""
-    flat = np.abs(np.asarray(values, np.float32).reshape(-1))
-    expected = np.zeros(flat.size, np.float32)
-    expected[np.argsort(-flat, kind="stable")[:kept_count(k, flat.size)]] = 1
-    return expected.reshape(np.shape(values))
+    return reference_topk_keep(values, kept_count(k, np.size(values))).astype(np.float32)
 
 
 def _inputs():

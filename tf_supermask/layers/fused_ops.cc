@@ -28,7 +28,6 @@
 
 #include <algorithm>
 #include <atomic>
-#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <vector>
@@ -138,32 +137,73 @@ inline bool Holds(const Range& range, int64_t kept) {
 
 }  // namespace
 
-class SupermaskTopKOp : public OpKernel {
+// What SupermaskTopK and SupermaskBernoulli share: scores (input 0) and kernel
+// (input 1) of one shape, the masked kernel (output 0) and the boolean mask
+// (output 1, empty unless the attribute with_keep asks for it).
+class MaskOp : public OpKernel {
  public:
-  explicit SupermaskTopKOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("kept", &kept_));
+  explicit MaskOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
     OP_REQUIRES_OK(ctx, ctx->GetAttr("with_keep", &with_keep_));
   }
 
-  void Compute(OpKernelContext* ctx) override {
+ protected:
+  struct Buffers {
+    const float* scores;
+    const float* kernel;
+    float* masked;
+    bool* keep;  // nullptr without with_keep
+    int64_t n;
+  };
+
+  // Checks the inputs and allocates outputs 0 and 1; false (with the error set) on failure.
+  bool Prepare(OpKernelContext* ctx, Buffers* b) {
     const Tensor& scores = ctx->input(0);
     const Tensor& kernel = ctx->input(1);
-    OP_REQUIRES(ctx, scores.shape() == kernel.shape(),
-                InvalidArgument("scores and kernel differ in shape: ",
-                                scores.shape().DebugString(), " and ",
-                                kernel.shape().DebugString()));
-    const int64_t n = scores.NumElements();
-    OP_REQUIRES(ctx, kept_ >= 1 && kept_ <= n,
-                InvalidArgument("kept must be in [1, ", n, "], got ", kept_));
+    if (scores.shape() != kernel.shape()) {
+      ctx->CtxFailure(InvalidArgument("scores and kernel differ in shape: ",
+                                      scores.shape().DebugString(), " and ",
+                                      kernel.shape().DebugString()));
+      return false;
+    }
     Tensor* masked = nullptr;
     Tensor* keep = nullptr;
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, kernel.shape(), &masked));
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, with_keep_ ? scores.shape() : TensorShape({0}),
-                                             &keep));
-    const float* s = scores.flat<float>().data();
-    const float* w = kernel.flat<float>().data();
-    float* out = masked->flat<float>().data();
-    bool* k = with_keep_ ? keep->flat<bool>().data() : nullptr;
+    auto status = ctx->allocate_output(0, kernel.shape(), &masked);
+    if (status.ok()) {
+      status = ctx->allocate_output(1, with_keep_ ? scores.shape() : TensorShape({0}), &keep);
+    }
+    if (!status.ok()) {
+      ctx->CtxFailure(status);
+      return false;
+    }
+    b->scores = scores.flat<float>().data();
+    b->kernel = kernel.flat<float>().data();
+    b->masked = masked->flat<float>().data();
+    b->keep = with_keep_ ? keep->flat<bool>().data() : nullptr;
+    b->n = scores.NumElements();
+    return true;
+  }
+
+ private:
+  bool with_keep_ = true;
+};
+
+class SupermaskTopKOp : public MaskOp {
+ public:
+  explicit SupermaskTopKOp(OpKernelConstruction* ctx) : MaskOp(ctx) {
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("kept", &kept_));
+  }
+
+  void Compute(OpKernelContext* ctx) override {
+    const int64_t size = ctx->input(0).NumElements();
+    OP_REQUIRES(ctx, kept_ >= 1 && kept_ <= size,
+                InvalidArgument("kept must be in [1, ", size, "], got ", kept_));
+    Buffers b;
+    if (!Prepare(ctx, &b)) return;
+    const float* s = b.scores;
+    const float* w = b.kernel;
+    float* out = b.masked;
+    bool* k = b.keep;
+    const int64_t n = b.n;
 
     const Threshold t = Select(s, n);
     if (t.ties_kept == t.ties_total) {  // no tie to break: a plain comparison
@@ -242,7 +282,6 @@ class SupermaskTopKOp : public OpKernel {
   }
 
   tensorflow::int64 kept_ = 0;
-  bool with_keep_ = true;
   // What the last call found, for a kernel instance called again (each step of a
   // traced training function): only a starting point, checked by every call.
   std::atomic<uint32_t> hint_{0};
@@ -283,38 +322,27 @@ inline void SigmoidInto(const float* s, int64_t len, float* p) {
 
 }  // namespace
 
-class SupermaskBernoulliOp : public OpKernel {
+class SupermaskBernoulliOp : public MaskOp {
  public:
-  explicit SupermaskBernoulliOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("with_keep", &with_keep_));
-  }
+  explicit SupermaskBernoulliOp(OpKernelConstruction* ctx) : MaskOp(ctx) {}
 
   void Compute(OpKernelContext* ctx) override {
-    const Tensor& scores = ctx->input(0);
-    const Tensor& kernel = ctx->input(1);
     const Tensor& seed = ctx->input(2);
-    OP_REQUIRES(ctx, scores.shape() == kernel.shape(),
-                InvalidArgument("scores and kernel differ in shape: ",
-                                scores.shape().DebugString(), " and ",
-                                kernel.shape().DebugString()));
     OP_REQUIRES(ctx, seed.NumElements() == 2,
                 InvalidArgument("seed must hold 2 integers, got ", seed.NumElements()));
     const auto seed_values = seed.flat<tensorflow::int64>();
     const uint64_t key = SplitMix64((static_cast<uint64_t>(seed_values(0)) << 32) ^
                                     static_cast<uint64_t>(seed_values(1) & 0xffffffffll));
-    const int64_t n = scores.NumElements();
-    Tensor* masked = nullptr;
-    Tensor* keep = nullptr;
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, kernel.shape(), &masked));
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, with_keep_ ? scores.shape() : TensorShape({0}),
-                                             &keep));
+    Buffers b;
+    if (!Prepare(ctx, &b)) return;
     Tensor* slope = nullptr;
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(2, scores.shape(), &slope));
-    const float* s = scores.flat<float>().data();
-    const float* w = kernel.flat<float>().data();
-    float* out = masked->flat<float>().data();
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(2, ctx->input(0).shape(), &slope));
+    const float* s = b.scores;
+    const float* w = b.kernel;
+    float* out = b.masked;
     float* ds = slope->flat<float>().data();
-    bool* k = with_keep_ ? keep->flat<bool>().data() : nullptr;
+    bool* k = b.keep;
+    const int64_t n = b.n;
     float p[kChunk], u[kChunk];  // kChunk is even, so every chunk starts at an even position
     for (int64_t c = 0; c < n; c += kChunk) {
       const int64_t len = std::min(kChunk, n - c);
@@ -329,9 +357,6 @@ class SupermaskBernoulliOp : public OpKernel {
       }
     }
   }
-
- private:
-  bool with_keep_ = true;
 };
 
 class SupermaskTopKGradOp : public OpKernel {
