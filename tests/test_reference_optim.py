@@ -2,8 +2,10 @@
 
 Each reference rule is computed by hand in NumPy: PyTorch's ``weight_decay``
 (an L2 term added to the gradient before momentum / Adam's moments), as used by
-hidden-networks, open_lth and Liu et al.; hidden-networks' per-epoch cosine
-learning rate; and its score init, ``kaiming_uniform_(a=sqrt(5))``.
+hidden-networks, open_lth and Liu et al.; PyTorch's SGD momentum under a
+changing learning rate (``buf = m * buf + g``, ``p -= lr_t * buf``);
+hidden-networks' per-epoch cosine learning rate and per-epoch warm-up; and its
+score init, ``kaiming_uniform_(a=sqrt(5))``.
 """
 
 import json
@@ -18,23 +20,41 @@ import pytest
 
 from tf_supermask.layers.initializers import compute_fans, get_initializer
 from tf_supermask.training import TrainConfig
-from tf_supermask.training.optim import (EpochCosineDecay, L2SGD, WarmupSchedule,
-                                         build_optimizer, learning_rate)
+from tf_supermask.training.optim import (EpochCosineDecay, L2PyTorchSGD, L2SGD, PyTorchSGD,
+                                         WarmupSchedule, build_optimizer, learning_rate)
 
 P0 = np.array([[0.5, -1.0, 2.0], [0.25, -0.75, 1.5]], "float32")
 GRADS = [np.array([[0.1, -0.2, 0.3], [0.0, 0.5, -0.4]], "float32"),
          np.array([[-0.3, 0.1, 0.2], [0.6, -0.1, 0.05]], "float32"),
-         np.array([[0.2, 0.2, -0.5], [-0.2, 0.3, 0.1]], "float32")]
+         np.array([[0.2, 0.2, -0.5], [-0.2, 0.3, 0.1]], "float32"),
+         np.array([[0.4, -0.1, 0.1], [0.3, 0.2, -0.6]], "float32")]
 LR, MU, WD = 0.1, 0.9, 1e-2
+# hidden-networks' cosine set once per epoch, one step per epoch over 4 epochs:
+# 0.1, 0.0854, 0.05, 0.0146 (a changing rate, where the momentum rules part).
+CHANGING = dict(lr_schedule="cosine_epoch", epochs=len(GRADS))
+CHANGING_LRS = [0.5 * (1 + math.cos(math.pi * e / len(GRADS))) * LR for e in range(len(GRADS))]
 
 
-def torch_sgd(nesterov, wd=WD):
-    """torch.optim.SGD(lr, momentum=MU, weight_decay=wd, nesterov=...), dampening 0."""
+def torch_sgd(nesterov, wd=WD, lrs=None):
+    """torch.optim.SGD(lr_t, momentum=MU, weight_decay=wd, nesterov=...), dampening 0:
+    buf = MU * buf + g (buf = g at the first step), p -= lr_t * buf (Nesterov:
+    p -= lr_t * (g + MU * buf)), with the rate of each step from `lrs`."""
     p, buf = P0.astype("float64"), None
-    for g in GRADS:
+    for g, lr in zip(GRADS, lrs or [LR] * len(GRADS)):
         g = g + wd * p
         buf = g if buf is None else MU * buf + g
-        p = p - LR * (g + MU * buf if nesterov else buf)
+        p = p - lr * (g + MU * buf if nesterov else buf)
+    return p
+
+
+def keras_l2_sgd(nesterov, wd=WD, lrs=None):
+    """Keras's momentum rule with the L2 term: v = MU * v - lr_t * g, p += v
+    (Nesterov: p += MU * v - lr_t * g)."""
+    p, velocity = P0.astype("float64"), 0.0
+    for g, lr in zip(GRADS, lrs or [LR] * len(GRADS)):
+        g = g + wd * p
+        velocity = MU * velocity - lr * g
+        p = p + (MU * velocity - lr * g if nesterov else velocity)
     return p
 
 
@@ -64,10 +84,10 @@ def keras_decoupled_sgd(nesterov, wd=WD):
     return p
 
 
-def _optimizer(**overrides):
+def _optimizer(steps_per_epoch=10, **overrides):
     fields = dict(optimizer="sgd", lr=LR, momentum=MU, weight_decay=WD)
     fields.update(overrides)
-    return build_optimizer(TrainConfig(**fields), steps_per_epoch=10)
+    return build_optimizer(TrainConfig(**fields), steps_per_epoch=steps_per_epoch)
 
 
 def _run(optimizer, steps=GRADS):
@@ -80,15 +100,40 @@ def _run(optimizer, steps=GRADS):
 @pytest.mark.parametrize("nesterov", [False, True])
 def test_sgd_weight_decay_is_pytorch_l2_before_momentum(nesterov):
     optimizer = _optimizer(nesterov=nesterov)
-    assert isinstance(optimizer, L2SGD)
+    assert isinstance(optimizer, L2PyTorchSGD)
     np.testing.assert_allclose(_run(optimizer), torch_sgd(nesterov), rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("wd", [WD, 0.0])
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_sgd_momentum_follows_pytorch_under_a_changing_rate(nesterov, wd):
+    """The default rule: 4 steps at 0.1, 0.085, 0.05, 0.015 match torch.optim.SGD."""
+    optimizer = _optimizer(steps_per_epoch=1, nesterov=nesterov, weight_decay=wd, **CHANGING)
+    assert isinstance(optimizer, PyTorchSGD)
+    result = _run(optimizer)
+    np.testing.assert_allclose(result, torch_sgd(nesterov, wd, CHANGING_LRS),
+                               rtol=1e-6, atol=1e-7)
+    # Keras's rule parts from it once the rate changes (the old behaviour).
+    assert np.max(np.abs(keras_l2_sgd(nesterov, wd, CHANGING_LRS)
+                         - torch_sgd(nesterov, wd, CHANGING_LRS))) > 1e-3
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_keras_momentum_rule_is_a_named_choice(nesterov):
+    optimizer = _optimizer(steps_per_epoch=1, nesterov=nesterov, momentum_rule="keras",
+                           **CHANGING)
+    assert isinstance(optimizer, L2SGD) and not isinstance(optimizer, PyTorchSGD)
+    np.testing.assert_allclose(_run(optimizer), keras_l2_sgd(nesterov, WD, CHANGING_LRS),
+                               rtol=1e-6, atol=1e-7)
+    with pytest.raises(ValueError, match="momentum_rule"):
+        TrainConfig(momentum_rule="torch")
 
 
 @pytest.mark.parametrize("nesterov", [False, True])
 def test_sgd_l2_inside_an_xla_compiled_step(nesterov):
     import tensorflow as tf
 
-    optimizer = _optimizer(nesterov=nesterov)
+    optimizer = _optimizer(steps_per_epoch=1, nesterov=nesterov, **CHANGING)
     variable = keras.Variable(P0)
     optimizer.build([variable])
 
@@ -98,7 +143,8 @@ def test_sgd_l2_inside_an_xla_compiled_step(nesterov):
 
     for g in GRADS:
         step(tf.constant(g))
-    np.testing.assert_allclose(np.array(variable), torch_sgd(nesterov), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(np.array(variable), torch_sgd(nesterov, WD, CHANGING_LRS),
+                               rtol=1e-6, atol=1e-7)
 
 
 def test_adam_weight_decay_is_pytorch_l2():
@@ -110,7 +156,7 @@ def test_adam_weight_decay_is_pytorch_l2():
 @pytest.mark.parametrize("nesterov", [False, True])
 def test_decoupled_mode_is_keras_rule_and_differs_from_l2(nesterov):
     optimizer = _optimizer(nesterov=nesterov, weight_decay_mode="decoupled")
-    assert type(optimizer) is keras.optimizers.SGD
+    assert type(optimizer) is PyTorchSGD  # momentum rules agree at a constant rate
     result = _run(optimizer)
     np.testing.assert_allclose(result, keras_decoupled_sgd(nesterov), rtol=1e-6, atol=1e-7)
     # The old default: measurably different from PyTorch's rule.
@@ -118,10 +164,11 @@ def test_decoupled_mode_is_keras_rule_and_differs_from_l2(nesterov):
 
 
 def test_weight_decay_mode_defaults_and_adamw():
-    assert isinstance(_optimizer(), L2SGD)
+    assert isinstance(_optimizer(), L2PyTorchSGD)
     assert type(_optimizer(optimizer="rmsprop")).__name__ == "L2RMSprop"
     assert type(_optimizer(optimizer="adamw")) is keras.optimizers.AdamW
-    assert type(_optimizer(weight_decay=0.0)) is keras.optimizers.SGD
+    assert type(_optimizer(weight_decay=0.0)) is PyTorchSGD
+    assert type(_optimizer(weight_decay=0.0, momentum_rule="keras")) is keras.optimizers.SGD
     with pytest.raises(ValueError, match="adamw"):
         TrainConfig(optimizer="adamw", weight_decay=1e-2, weight_decay_mode="l2")
 
@@ -145,7 +192,7 @@ def test_l2_optimizer_round_trips_through_keras_files(tmp_path):
 
     trained.save(tmp_path / "m.keras")
     loaded = keras.saving.load_model(tmp_path / "m.keras")
-    assert isinstance(loaded.optimizer, L2SGD)
+    assert isinstance(loaded.optimizer, L2PyTorchSGD)
     assert loaded.optimizer.weight_decay == pytest.approx(WD) and loaded.optimizer.nesterov
     for a, b in zip(trained.optimizer.variables, loaded.optimizer.variables):
         np.testing.assert_array_equal(np.array(a), np.array(b))
@@ -180,15 +227,27 @@ def test_cosine_epoch_schedule_is_set_once_per_epoch():
 
 
 def test_cosine_epoch_after_warmup():
+    """hidden-networks' _warmup_lr: base * (e + 1) / W held through warm-up epoch e."""
     spe, epochs, warmup = 5, 8, 2
     rate = learning_rate(TrainConfig(lr=0.2, lr_schedule="cosine_epoch", epochs=epochs,
                                      warmup_epochs=warmup), spe)
     assert isinstance(rate, WarmupSchedule)
-    for step in [0, 4, 9]:  # the existing per-step linear warm-up
-        assert float(rate(step)) == pytest.approx(0.2 * (step + 1) / (warmup * spe), rel=1e-6)
+    restored = keras.optimizers.schedules.deserialize(keras.optimizers.schedules.serialize(rate))
+    for step in [0, 1, 4, 5, 9]:
+        expected = 0.2 * (step // spe + 1) / warmup
+        assert float(rate(step)) == pytest.approx(expected, rel=1e-6), step
+        assert float(restored(step)) == pytest.approx(expected, rel=1e-6), step
     for step in [10, 14, 15, 27, 39]:
         expected = hidden_networks_cosine(step // spe, epochs, 0.2, warmup)
         assert float(rate(step)) == pytest.approx(expected, rel=1e-6, abs=1e-8), step
+
+
+def test_warmup_of_other_schedules_rises_every_step():
+    spe, warmup = 5, 2
+    rate = learning_rate(TrainConfig(lr=0.2, lr_schedule="cosine", epochs=8,
+                                     warmup_epochs=warmup), spe)
+    for step in [0, 4, 9]:
+        assert float(rate(step)) == pytest.approx(0.2 * (step + 1) / (warmup * spe), rel=1e-6)
 
 
 @pytest.mark.parametrize("shape", [(784, 300), (3, 3, 16, 32)])
@@ -230,11 +289,16 @@ from tf_supermask.training.optim import build_optimizer
 P0, GRADS = np.array(json.loads(__import__("sys").argv[1]), "float32"), [
     np.array(g, "float32") for g in json.loads(__import__("sys").argv[2])]
 out = {}
+changing = dict(lr_schedule="cosine_epoch", epochs=len(GRADS))
 for name, fields in [("sgd", dict(nesterov=False)), ("nesterov", dict(nesterov=True)),
-                     ("adam", dict(optimizer="adam", lr=1e-2))]:
+                     ("adam", dict(optimizer="adam", lr=1e-2)),
+                     ("sgd_changing", dict(nesterov=False, **changing)),
+                     ("nesterov_changing", dict(nesterov=True, **changing)),
+                     ("keras_changing", dict(momentum_rule="keras", **changing))]:
     base = dict(optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=1e-2)
     base.update(fields)
-    optimizer = build_optimizer(TrainConfig(**base), steps_per_epoch=10)
+    optimizer = build_optimizer(TrainConfig(**base),
+                                steps_per_epoch=1 if "changing" in name else 10)
     variable = keras.Variable(P0)
     optimizer.build([variable])
     # A compiled, stateless step, as JAX's train step applies the optimizer.
@@ -247,7 +311,7 @@ print(json.dumps(out))
 """
 
 
-def test_l2_weight_decay_under_jax():
+def test_l2_weight_decay_and_momentum_rules_under_jax():
     pytest.importorskip("jax")
     env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}
     result = subprocess.run([sys.executable, "-c", JAX_SCRIPT, json.dumps(P0.tolist()),
@@ -258,6 +322,11 @@ def test_l2_weight_decay_under_jax():
     np.testing.assert_allclose(out["sgd"], torch_sgd(False), rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(out["nesterov"], torch_sgd(True), rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(out["adam"], torch_adam(), rtol=1e-6, atol=1e-7)
+    for name, nesterov in [("sgd_changing", False), ("nesterov_changing", True)]:
+        np.testing.assert_allclose(out[name], torch_sgd(nesterov, WD, CHANGING_LRS),
+                                   rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(out["keras_changing"], keras_l2_sgd(False, WD, CHANGING_LRS),
+                               rtol=1e-6, atol=1e-7)
 
 
 class _StopAfterEpoch(keras.callbacks.Callback):
@@ -282,7 +351,7 @@ def test_l2_run_resumes_to_the_uninterrupted_result(tmp_path):
     assert train(config("resumed"))["resumed"]
     whole = keras.saving.load_model(tmp_path / "whole" / "checkpoints" / "final.keras")
     resumed = keras.saving.load_model(tmp_path / "resumed" / "checkpoints" / "final.keras")
-    assert isinstance(resumed.optimizer, L2SGD)
+    assert isinstance(resumed.optimizer, L2PyTorchSGD)
     for a, b in zip(whole.weights + whole.optimizer.variables,
                     resumed.weights + resumed.optimizer.variables):
         np.testing.assert_allclose(np.array(a), np.array(b), rtol=1e-5, atol=1e-6)

@@ -98,7 +98,9 @@ class TrainConfig:
                               "at lr_milestones).", ("constant", "cosine", "cosine_epoch", "step"))
     lr_milestones: str = option("", "Comma-separated epochs where the step schedule decays.")
     lr_gamma: float = option(0.1, "Decay factor of the step schedule.")
-    warmup_epochs: int = option(0, "Linear learning-rate warm-up epochs.")
+    warmup_epochs: int = option(0, "Linear learning-rate warm-up epochs (with cosine_epoch, "
+                                "lr * (e + 1) / W held through warm-up epoch e, as "
+                                "hidden-networks; otherwise it rises every step).")
     weight_decay: float = option(0.0, "Weight decay on trainable variables (scores in "
                                  "supermask modes); the rule is --weight_decay_mode.")
     weight_decay_mode: str = option("auto", "How --weight_decay acts: l2 (wd * param added to "
@@ -108,6 +110,11 @@ class TrainConfig:
                                     "adamw, l2 otherwise).", ("auto", "l2", "decoupled"))
     momentum: float = option(0.9, "SGD / RMSprop momentum.")
     nesterov: bool = option(False, "Nesterov momentum (sgd).")
+    momentum_rule: str = option("pytorch", "SGD momentum under a changing learning rate: "
+                                "pytorch (buf = m * buf + g, param -= lr_t * buf, as "
+                                "torch.optim.SGD and TF1's MomentumOptimizer, the rule of every "
+                                "SGD recipe here), keras (Keras's v = m * v - lr_t * g, param += "
+                                "v). Equal while the rate is constant.", ("pytorch", "keras"))
     epochs: int = option(10, "Training epochs.")
     batch_size: int = option(128, "Global batch size.")
     steps_per_epoch: int = option(0, "Cap on steps per epoch (0: the whole training set).")
@@ -215,13 +222,17 @@ FIELD_BOUNDS = {
 
 
 def check_fields(config, bounds=None):
-    """Refuses non-finite floats in any field of `config` and values outside `bounds`
-    ({name: (test, description)}, FIELD_BOUNDS by default), before anything is written."""
+    """Refuses non-finite floats in any field of `config`, values outside a field's
+    choices and values outside `bounds` ({name: (test, description)}, FIELD_BOUNDS by
+    default), before anything is written."""
     import math
 
     bounds = FIELD_BOUNDS if bounds is None else bounds
     for field in dataclasses.fields(config):
         value = getattr(config, field.name)
+        choices = field.metadata.get("choices")
+        if choices and value not in choices:
+            raise ValueError(f"--{field.name} must be one of {', '.join(choices)}, got {value!r}")
         if isinstance(value, float) and not math.isfinite(value):
             raise ValueError(f"--{field.name} must be a finite number, got {value}")
         if field.name in bounds and not isinstance(value, bool):

@@ -9,6 +9,19 @@ Weight decay comes in two forms (``TrainConfig.weight_decay_mode``):
   momentum 0.9 it decays about 10x more than the decoupled rule.
 * ``decoupled``: Keras's own ``weight_decay``, ``param -= lr * wd * param`` once
   a step, apart from the gradient (AdamW's rule).
+
+SGD momentum comes in two forms (``TrainConfig.momentum_rule``):
+
+* ``pytorch``: ``buf = m * buf + g``, ``param -= lr_t * buf`` (Nesterov:
+  ``param -= lr_t * (g + m * buf)``), as ``torch.optim.SGD`` and TensorFlow 1's
+  ``MomentumOptimizer``: the rate of each step multiplies the whole buffer. This is
+  the rule of every SGD recipe we reproduce (hidden-networks, open_lth, Liu et al.,
+  Synaptic-Flow, Zhou et al.).
+* ``keras``: Keras's ``v = m * v - lr_t * g``, ``param += v`` (Nesterov:
+  ``param += m * v - lr_t * g``): each step's rate is folded into the buffer, so
+  after the rate drops the buffer still carries the old, larger steps.
+
+The two agree while the rate is constant.
 """
 
 import math
@@ -17,6 +30,7 @@ import keras
 from keras import ops
 
 WEIGHT_DECAY_MODES = ("auto", "l2", "decoupled")
+MOMENTUM_RULES = ("pytorch", "keras")
 
 
 class _L2GradientPenalty:
@@ -43,9 +57,50 @@ class _L2GradientPenalty:
 
 
 @keras.saving.register_keras_serializable(package="tf_supermask")
+class PyTorchSGD(keras.optimizers.SGD):
+    """SGD with PyTorch's momentum rule (``torch.optim.SGD``, dampening 0).
+
+    With momentum ``m`` > 0, each step with rate ``lr_t`` and gradient ``g``::
+
+        buf = m * buf + g
+        param -= lr_t * buf                  # nesterov=False
+        param -= lr_t * (g + m * buf)        # nesterov=True
+
+    Keras's SGD keeps ``v = m * v - lr_t * g`` instead; the two give the same
+    weights only while the rate is constant. Without momentum both are
+    ``param -= lr_t * g``. The slots are Keras SGD's (``momentums``), so the
+    optimizer saves and loads like Keras's.
+
+    Example:
+        >>> opt = PyTorchSGD(keras.optimizers.schedules.CosineDecay(0.1, 1000),
+        ...                  momentum=0.9)
+    """
+
+    def update_step(self, gradient, variable, learning_rate):
+        if not self.momentum:
+            return super().update_step(gradient, variable, learning_rate)
+        learning_rate = ops.cast(learning_rate, variable.dtype)
+        gradient = ops.cast(gradient, variable.dtype)
+        momentum = ops.cast(self.momentum, variable.dtype)
+        buffer = self.momentums[self._get_variable_index(variable)]
+        new_buffer = ops.add(ops.multiply(buffer, momentum), gradient)
+        self.assign(buffer, new_buffer)
+        step = ops.add(gradient, ops.multiply(momentum, new_buffer)) if self.nesterov \
+            else new_buffer
+        self.assign_sub(variable, ops.multiply(learning_rate, step))
+
+
+@keras.saving.register_keras_serializable(package="tf_supermask")
 class L2SGD(_L2GradientPenalty, keras.optimizers.SGD):
     """Keras SGD whose ``weight_decay`` adds ``wd * param`` to the gradient before
-    momentum and Nesterov (PyTorch ``torch.optim.SGD(weight_decay=wd)``)."""
+    momentum and Nesterov (PyTorch ``torch.optim.SGD(weight_decay=wd)`` with Keras's
+    momentum rule)."""
+
+
+@keras.saving.register_keras_serializable(package="tf_supermask")
+class L2PyTorchSGD(_L2GradientPenalty, PyTorchSGD):
+    """``torch.optim.SGD(weight_decay=wd, momentum=m, nesterov=...)`` exactly: L2
+    term in the gradient, then PyTorch's momentum rule (`PyTorchSGD`)."""
 
 
 @keras.saving.register_keras_serializable(package="tf_supermask")
@@ -62,16 +117,26 @@ class L2RMSprop(_L2GradientPenalty, keras.optimizers.RMSprop):
 
 @keras.saving.register_keras_serializable(package="tf_supermask")
 class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
-    """Linear warm-up from 0 over `warmup_steps`, then `after` (a schedule or a float)."""
+    """Linear warm-up over `warmup_steps`, then `after` (a schedule or a float).
 
-    def __init__(self, after, warmup_steps, peak):
+    The rate rises in stairs of `hold_steps` steps: during stair
+    ``j = floor(step / hold_steps)`` it is ``peak * (j + 1) / (warmup_steps / hold_steps)``.
+    ``hold_steps=1`` ramps every step (``peak * (step + 1) / warmup_steps``);
+    ``hold_steps=steps_per_epoch`` holds ``peak * (e + 1) / W`` through epoch ``e`` of
+    ``W`` warm-up epochs, as hidden-networks' ``_warmup_lr``. After the warm-up,
+    step ``s`` gets ``after(s - warmup_steps)``.
+    """
+
+    def __init__(self, after, warmup_steps, peak, hold_steps=1):
         self.after = after
         self.warmup_steps = int(warmup_steps)
         self.peak = float(peak)
+        self.hold_steps = max(1, int(hold_steps))
 
     def __call__(self, step):
         step = ops.cast(step, "float32")
-        warm = self.peak * (step + 1.0) / float(max(1, self.warmup_steps))
+        stairs = float(max(1, self.warmup_steps // self.hold_steps))
+        warm = self.peak * (ops.floor(step / float(self.hold_steps)) + 1.0) / stairs
         after = self.after(step - self.warmup_steps) if callable(self.after) else self.after
         return ops.where(step < self.warmup_steps, warm, after)
 
@@ -79,14 +144,15 @@ class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
         after = self.after
         if isinstance(after, keras.optimizers.schedules.LearningRateSchedule):
             after = keras.optimizers.schedules.serialize(after)
-        return {"after": after, "warmup_steps": self.warmup_steps, "peak": self.peak}
+        return {"after": after, "warmup_steps": self.warmup_steps, "peak": self.peak,
+                "hold_steps": self.hold_steps}
 
     @classmethod
     def from_config(cls, config):
         after = config["after"]
         if isinstance(after, dict):
             after = keras.optimizers.schedules.deserialize(after)
-        return cls(after, config["warmup_steps"], config["peak"])
+        return cls(after, config["warmup_steps"], config["peak"], config.get("hold_steps", 1))
 
 
 @keras.saving.register_keras_serializable(package="tf_supermask")
@@ -172,7 +238,9 @@ def learning_rate(config, steps_per_epoch):
     else:
         rate = config.lr
     if warmup_steps:
-        rate = WarmupSchedule(rate, warmup_steps, config.lr)
+        # cosine_epoch follows hidden-networks, whose warm-up also changes once per epoch.
+        hold = steps_per_epoch if config.lr_schedule == "cosine_epoch" else 1
+        rate = WarmupSchedule(rate, warmup_steps, config.lr, hold_steps=hold)
     return rate
 
 
@@ -201,15 +269,21 @@ def build_optimizer(config, steps_per_epoch):
 
     With ``config.weight_decay`` > 0 under the ``l2`` rule (see
     `resolve_weight_decay_mode`) sgd, adam and rmsprop are the ``L2*`` subclasses
-    of the Keras optimizers; otherwise the Keras optimizers themselves.
+    of the Keras optimizers; otherwise the Keras optimizers themselves. SGD follows
+    ``config.momentum_rule`` (``pytorch``: `PyTorchSGD`; ``keras``: Keras's SGD).
     """
     rate = learning_rate(config, steps_per_epoch)
     mode = resolve_weight_decay_mode(config.optimizer, config.weight_decay_mode)
     decay = config.weight_decay or None
     l2 = bool(decay) and mode == "l2"
     if config.optimizer == "sgd":
-        return (L2SGD if l2 else keras.optimizers.SGD)(
-            rate, momentum=config.momentum, nesterov=config.nesterov, weight_decay=decay)
+        if config.momentum_rule not in MOMENTUM_RULES:
+            raise ValueError(f"--momentum_rule must be one of {MOMENTUM_RULES}, "
+                             f"got {config.momentum_rule!r}")
+        pytorch = config.momentum_rule == "pytorch"
+        sgd = {(True, True): L2PyTorchSGD, (True, False): PyTorchSGD,
+               (False, True): L2SGD, (False, False): keras.optimizers.SGD}[(pytorch, l2)]
+        return sgd(rate, momentum=config.momentum, nesterov=config.nesterov, weight_decay=decay)
     if config.optimizer == "adam":
         return (L2Adam if l2 else keras.optimizers.Adam)(rate, weight_decay=decay)
     if config.optimizer == "adamw":
