@@ -70,7 +70,7 @@ def _rewrite_header(path, **changes):
 @pytest.mark.parametrize("name,options", [
     ("conv2", MaskOptions(mask="bernoulli", init="signed_kaiming_constant", rescale=True,
                           width=0.1, seed=3)),
-    ("conv2", MaskOptions(mask="topk", k=0.3, init="signed_kaiming_constant", scale_fan=True,
+    ("conv2", MaskOptions(mask="topk", k=0.3, init="signed_kaiming_constant", scale_fan="pruned",
                           batchnorm="nonaffine", width=0.1, seed=1)),
     ("fc", MaskOptions(mask="topk", k=0.5, init="kaiming_normal", width=0.05, rescale=True)),
 ])

@@ -10,7 +10,7 @@ import tensorflow as tf
 
 from conftest import reference_topk_keep as _reference_keep
 from conftest import reference_uniforms as _reference_uniforms
-from tf_supermask.layers import MaskedDense, fused, kept_count
+from tf_supermask.layers import MaskedDense, fused, topk_kept_count
 from tf_supermask.models import MaskOptions, build_model
 
 pytestmark = pytest.mark.skipif(not fused.available(tf.zeros(())),
@@ -34,7 +34,7 @@ def test_topk_matches_the_sort_over_a_drifting_run(kind, size, k):
     rng = np.random.default_rng(size)
     scores = tf.Variable(_scores(kind, size, rng))
     kernel = tf.constant(rng.normal(size=size).astype("float32"))
-    kept = kept_count(k, size)
+    kept = topk_kept_count(k, size)
     select = tf.function(lambda: fused.library().supermask_top_k(scores, kernel, kept=kept))
     for step in range(8):
         masked, keep = select()
@@ -161,7 +161,7 @@ def test_kernel_gradient_only_when_the_kernel_trains():
             loss = tf.reduce_sum(layer(x, training=True))
         d_kernel = tape.gradient(loss, layer.kernel_variable.value)
         if train_weights:
-            keep = _reference_keep(np.array(layer.scores), kept_count(0.5, 150))
+            keep = _reference_keep(np.array(layer.scores), topk_kept_count(0.5, 150))
             expected = np.where(keep, np.tile(x.sum(0)[:, None], (1, 5)), 0.0)
             np.testing.assert_allclose(d_kernel.numpy(), expected, rtol=1e-5)
         else:

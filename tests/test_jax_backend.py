@@ -16,7 +16,7 @@ import numpy as np
 import keras
 from keras import ops
 assert keras.backend.backend() == "jax"
-from tf_supermask.layers import get_masks, kept_count, masked_layers, set_masks
+from tf_supermask.layers import get_masks, topk_kept_count, masked_layers, set_masks
 from tf_supermask.models import MaskOptions, build_model
 
 out = {}
@@ -49,7 +49,7 @@ import jax
 big = rng.integers(0, 7, size=300_000).astype("float32")
 mask = np.array(jax.jit(lambda v: topk_binary_mask(v, 0.4))(big))
 expected = np.zeros(big.size, "float32")
-expected[np.argsort(-big, kind="stable")[:kept_count(0.4, big.size)]] = 1
+expected[np.argsort(-big, kind="stable")[:topk_kept_count(0.4, big.size)]] = 1
 out["radix_exact"] = bool(np.array_equal(mask, expected))
 print(json.dumps(out))
 """

@@ -7,7 +7,7 @@ from keras import ops
 
 from conftest import batch
 from tf_supermask.layers import (INITIALIZERS, MASK_MODES, MaskedConv2D, MaskedDense, get_masks,
-                                 kept_count, set_masks, topk_binary_mask, weights_remaining)
+                                 topk_kept_count, set_masks, topk_binary_mask, weights_remaining)
 from tf_supermask.models import MaskOptions, build_model
 
 MODES = MASK_MODES.names()
@@ -67,13 +67,25 @@ def test_weights_train_in_dense_and_fixed(mode):
 
 
 @pytest.mark.parametrize("k", [0.05, 0.3, 0.5, 0.77, 1.0])
-def test_topk_keeps_exactly_round_k_n_per_layer(k):
-    model = build_model("conv2", (8, 8, 3), 10, MaskOptions(mask="topk", k=k, width=0.25))
-    masks = get_masks(model)
-    assert len(masks) == 5
-    for path, mask in masks.items():
-        assert set(np.unique(mask)) <= {0.0, 1.0}
-        assert mask.sum() == kept_count(k, mask.size) == max(1, round(k * mask.size)), path
+def test_topk_keeps_edge_popups_count_per_layer(k):
+    """hidden-networks' GetSubnet zeroes int((1 - k) * n) entries; the rule of
+    tf_supermask.counting named "nearest" keeps round(k * n) instead."""
+    for rule, by_hand in [("hidden_networks", lambda n: n - int((1 - k) * n)),
+                          ("nearest", lambda n: round(k * n))]:
+        model = build_model("conv2", (8, 8, 3), 10,
+                            MaskOptions(mask="topk", k=k, width=0.25, count_rule=rule))
+        masks = get_masks(model)
+        assert len(masks) == 5
+        for path, mask in masks.items():
+            assert set(np.unique(mask)) <= {0.0, 1.0}
+            assert mask.sum() == topk_kept_count(k, mask.size, rule) == max(1, by_hand(mask.size)), path
+    # Where the two differ: 7 of 10 at k = 0.65 (int(3.5) = 3 dropped) against round(6.5) = 6.
+    layer = MaskedDense(10, mask="topk", k=0.65)
+    layer.build((None, 1))
+    assert float(ops.sum(layer.get_mask())) == 7
+    nearest = MaskedDense.from_config({**layer.get_config(), "count_rule": "nearest"})
+    nearest.build((None, 1))
+    assert float(ops.sum(nearest.get_mask())) == 6
 
 
 def test_topk_keeps_largest_magnitude_scores():
@@ -159,7 +171,7 @@ def test_score_modes_accept_a_mask(mode):
     target = {}
     for path, mask in get_masks(model).items():
         flat = np.zeros(mask.size, "float32")
-        flat[np.random.default_rng(3).permutation(mask.size)[:kept_count(0.5, mask.size)]] = 1
+        flat[np.random.default_rng(3).permutation(mask.size)[:topk_kept_count(0.5, mask.size)]] = 1
         target[path] = flat.reshape(mask.shape)
     set_masks(model, target)
     for path, mask in get_masks(model).items():
@@ -266,7 +278,7 @@ def test_models_are_deterministic_for_a_seed():
 def test_topk_mask_matches_a_sort(size, k):
     values = np.random.default_rng(size).normal(size=size).astype("float32")
     mask = ops.convert_to_numpy(topk_binary_mask(values, k))
-    kept = kept_count(k, size)
+    kept = topk_kept_count(k, size)
     expected = np.zeros(size, "float32")
     expected[np.argsort(-np.abs(values), kind="stable")[:kept]] = 1
     np.testing.assert_array_equal(mask, expected)
@@ -285,5 +297,5 @@ def test_radix_select_breaks_large_ties_by_position(size):
     values = np.random.default_rng(0).integers(0, 5, size=size).astype("float32")  # heavy ties
     mask = ops.convert_to_numpy(topk_binary_mask(values, 0.37))
     expected = np.zeros(size, "float32")
-    expected[np.argsort(-values, kind="stable")[:kept_count(0.37, size)]] = 1
+    expected[np.argsort(-values, kind="stable")[:topk_kept_count(0.37, size)]] = 1
     np.testing.assert_array_equal(mask, expected)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from conftest import batch
-from tf_supermask.layers import MASK_MODES, get_masks, kept_count, masked_layers
+from tf_supermask.layers import MASK_MODES, get_masks, topk_kept_count, masked_layers
 from tf_supermask.models import MODELS, MaskOptions, build_model
 from tf_supermask.training import TrainConfig
 
@@ -129,7 +129,7 @@ def test_unpruned_first_layer_in_topk_mode():
     assert first.kernel_variable.path not in masks
     assert len(masks) == len(masked_layers(model)) - 1
     for mask in masks.values():
-        assert mask.sum() == kept_count(0.2, mask.size)
+        assert mask.sum() == topk_kept_count(0.2, mask.size)
 
 
 @pytest.mark.parametrize("name, first", [("resnet20", "stem"), ("vgg11", "conv1_1"),

@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from tf_supermask.pruning import collapsed_layers, counts_for_fraction, shuffle_masks, top_masks
+from tf_supermask.counting import kept_counts
+from tf_supermask.pruning import collapsed_layers, shuffle_masks, top_masks
 
 
 def test_per_layer_keeps_exact_counts_of_highest_scores():
@@ -40,11 +41,11 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match="NaN"):
         top_masks({"a": np.array([np.nan, 1.0])}, total=1)
     with pytest.raises(ValueError, match=r"in \[0, 1\]"):
-        counts_for_fraction({"a": 4}, 1.5)
+        kept_counts({"a": 4}, kept=1.5)
 
 
-def test_counts_for_fraction_and_collapse():
-    assert counts_for_fraction({"a": 10, "b": np.zeros((2, 3))}, 0.5) == {"a": 5, "b": 3}
+def test_kept_counts_and_collapse():
+    assert kept_counts({"a": 10, "b": np.zeros((2, 3))}, kept=0.5) == {"counts": {"a": 5, "b": 3}}
     assert collapsed_layers({"a": np.zeros(3), "b": np.ones(2)}) == ["a"]
 
 

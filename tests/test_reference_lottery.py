@@ -2,7 +2,8 @@
 
 * Zhou et al.'s same-sign criteria (uber-research/deconstructing-lottery-tickets,
   ``get_weight_init.py``): flipped weights score 0, ties broken by a random key,
-  ``int(remaining x rate)`` pruned per layer; recomputed here in NumPy.
+  ``int(remaining x percentile / 100)`` pruned per layer with the percentile
+  ``(1 - prune_base) * 100.0`` in floating point; recomputed here in NumPy.
 * Zhou et al.'s pruned-weight variants carried across levels.
 * open_lth's late rewinding (``training/train.py``: fresh optimizer, schedule
   stepped to N, data from step N, training to T) and its global pruning
@@ -44,7 +45,8 @@ def reference_same_sign_mask(method, w_i, w_f, current_mask, rate, keys):
     flat = scores.reshape(-1)
     mask = current_mask.reshape(-1).astype(np.float64).copy()
     flat[mask == 0] = 9999  # already pruned: never chosen again
-    prune_num = int(np.sum(mask) * rate)
+    percentile = (1 - (1 - rate) ** 1) * 100.0  # prune_base = 1 - rate, prune_power 1
+    prune_num = int(np.sum(mask) * percentile / 100)
     pruned = np.lexsort((keys.reshape(-1), flat))[:prune_num]
     mask[pruned] = 0
     return mask.reshape(w_i.shape)
@@ -81,16 +83,28 @@ def test_magnitude_increase_same_sign_ranks_a_flip_above_a_weight_that_shrank():
     w_i = np.array([0.5, 0.4, -0.3, 0.2, 0.6])
     w_f = np.array([0.9, -0.5, -0.1, 0.5, 0.61])  # entry 1 flips; entry 2 shrinks
     # magnitude_increase: .4 .1 -.2 .3 .01; same_sign (reference): .4 0 -.2 .3 .01
-    config = LotteryConfig(criterion="magnitude_increase_same_sign", prune_rate_dense=0.4)
+    # (counted as round(rate x 5): the reference's own count prunes 0 of 5 at 20 %)
+    config = LotteryConfig(criterion="magnitude_increase_same_sign", prune_rate_dense=0.4,
+                           count_rule="nearest")
     mask = next_masks(config, {"w": "dense"}, {"w": w_i}, {"w": w_f}, {"w": np.ones(5)}, 1)
     np.testing.assert_array_equal(mask["w"], [1, 0, 0, 1, 1])  # prunes 2 (shrank) and 1 (0)
-    config = LotteryConfig(criterion="magnitude_increase_same_sign", prune_rate_dense=0.2)
+    config = LotteryConfig(criterion="magnitude_increase_same_sign", prune_rate_dense=0.2,
+                           count_rule="nearest")
     mask = next_masks(config, {"w": "dense"}, {"w": w_i}, {"w": w_f}, {"w": np.ones(5)}, 1)
     np.testing.assert_array_equal(mask["w"], [1, 1, 0, 1, 1])  # the flip outranks the shrink
     strict = LotteryConfig(criterion="magnitude_increase_same_sign_strict",
-                           prune_rate_dense=0.2)
+                           prune_rate_dense=0.2, count_rule="nearest")
     mask = next_masks(strict, {"w": "dense"}, {"w": w_i}, {"w": w_f}, {"w": np.ones(5)}, 1)
     np.testing.assert_array_equal(mask["w"], [1, 0, 1, 1, 1])  # the old rule: flips first
+
+
+def test_levels_count_as_deconstructing_lottery_tickets_by_default():
+    """At a 20 % rate the reference prunes int(10 x 19.999999999999996 / 100) = 1 of 10."""
+    w = np.arange(1.0, 11.0)
+    for rule, pruned in [("auto", 1), ("deconstructing", 1), ("nearest", 2)]:
+        config = LotteryConfig(prune_rate_dense=0.2, count_rule=rule)
+        mask = next_masks(config, {"w": "dense"}, {"w": w}, {"w": w}, {"w": np.ones(10)}, 1)
+        assert mask["w"].sum() == 10 - pruned, rule
 
 
 def test_ties_among_flipped_weights_are_broken_at_random_not_by_position():
@@ -137,12 +151,26 @@ def test_global_pruning_leaves_the_output_layer_out_by_default_as_open_lth():
     ours = next_masks(config, KINDS, initial, final, current, 1)
     reference = reference_sparse_global(final, current, 0.2, ignore={"output/kernel"})
     np.testing.assert_array_equal(ours["output/kernel"], current["output/kernel"])
-    # open_lth's strict threshold prunes one weight more than the count (the one at the
-    # threshold); apart from that single weight the masks agree.
-    differ = sum(int((ours[p] != reference[p]).sum()) for p in ours)
-    assert differ == 1
+    # open_lth's strict threshold prunes the weight at sorted[n] too: n + 1, as ours.
+    for path in ours:
+        np.testing.assert_array_equal(ours[path], reference[path])
     remaining = sum(m.sum() for m in current.values())
-    assert sum(m.sum() for m in ours.values()) == remaining - math.ceil(0.2 * remaining)
+    assert sum(m.sum() for m in ours.values()) == remaining - math.ceil(0.2 * remaining) - 1
+    # The exact count stays one flag away.
+    exact = LotteryConfig(prune_scope="global", prune_rate=0.2, count_rule="nearest")
+    kept = sum(m.sum() for m in next_masks(exact, KINDS, initial, final, current, 1).values())
+    assert kept == remaining - round(0.2 * remaining)
+
+
+@pytest.mark.parametrize("model,pruned", [("fc", False), ("conv4", False), ("vgg11", False),
+                                          ("resnet20", True), ("resnet56", True),
+                                          ("resnet18", True), ("mobilenet_v2", True)])
+def test_global_pruning_treats_the_output_layer_per_model_family(model, pruned):
+    """open_lth: LeNet and VGG ignore fc.weight; its CIFAR/ImageNet ResNets prune it."""
+    assert LotteryConfig(model=model, prune_scope="global").prunes_output() is pruned
+    assert LotteryConfig(model=model, prune_scope="layer").prunes_output() is True
+    assert LotteryConfig(model=model, prune_scope="global",
+                         prune_output_layer="false").prunes_output() is False
 
 
 def test_output_layer_choice_under_both_scopes():
@@ -152,7 +180,8 @@ def test_output_layer_choice_under_both_scopes():
     assert ones["output/kernel"].sum() > next_masks(pruned, KINDS, initial, final, ones, 1)[
         "output/kernel"].sum()
     layer = LotteryConfig(prune_rate_output=0.1)  # auto: Frankle & Carbin prune it per layer
-    assert next_masks(layer, KINDS, initial, final, ones, 1)["output/kernel"].sum() == 180
+    # Zhou et al.'s count: int(200 x 9.999999999999998 / 100) = 19 of 200 pruned.
+    assert next_masks(layer, KINDS, initial, final, ones, 1)["output/kernel"].sum() == 181
     kept = LotteryConfig(prune_rate_output=0.1, prune_output_layer="false")
     np.testing.assert_array_equal(next_masks(kept, KINDS, initial, final, ones, 1)[
         "output/kernel"], ones["output/kernel"])

@@ -397,3 +397,35 @@ def test_l2_term_is_added_once_under_a_mirrored_strategy():
     out = json.loads(result.stdout.strip().splitlines()[-1])
     assert out["replicas"] == 2
     np.testing.assert_allclose(out["p"], torch_sgd(False), rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("rule,expected", [("kept", 0.1076), ("pruned", 0.0704),
+                                           ("none", 0.0589)])
+def test_scale_fan_rules_paper_and_code(rule, expected):
+    """k = 0.3, fan 3 x 3 x 64 = 576, signed Kaiming constant: the edge-popup paper's
+    sqrt(2 / (k fan)) ("kept"), hidden-networks' code sqrt(2 / ((1 - k) fan))
+    ("pruned", its prune_rate being the fraction kept), or no scaling."""
+    from tf_supermask.models import MaskOptions
+
+    k, fan = 0.3, 3 * 3 * 64
+    by_hand = {"kept": math.sqrt(2 / (k * fan)), "pruned": math.sqrt(2 / ((1 - k) * fan)),
+               "none": math.sqrt(2 / fan)}[rule]
+    assert by_hand == pytest.approx(expected, abs=5e-5)
+    options = TrainConfig(mask="topk", k=k, init="signed_kaiming_constant",
+                          scale_fan=rule).mask_options()
+    layer = options.conv(8)
+    layer.build((None, 8, 8, 64))
+    values = np.abs(np.array(layer.kernel_variable))
+    np.testing.assert_allclose(values, by_hand, rtol=1e-6)
+
+
+def test_scale_fan_checks_and_legacy_values():
+    from tf_supermask.models import MaskOptions
+
+    with pytest.raises(ValueError, match="scale_fan"):
+        TrainConfig(scale_fan="k")
+    with pytest.raises(ValueError, match="k = 1"):
+        MaskOptions(mask="topk", k=1.0, scale_fan="pruned")
+    # Compact files written when the option was a bool still load as the old rule.
+    assert MaskOptions(scale_fan=True).scale_fan == "kept"
+    assert MaskOptions(scale_fan=False).scale_fan == "none"

@@ -17,13 +17,13 @@ from tf_supermask.data.device import DeviceBatches, crop_and_flip
 from tf_supermask.data.pipeline import ArrayBatches, crop_and_flip_draws, random_crop_and_flip
 from conftest import reference_topk_keep
 from conftest import reference_uniforms as _reference_uniforms
-from tf_supermask.layers import MaskedDense, fused, kept_count
+from tf_supermask.layers import MaskedDense, fused, topk_kept_count
 from tf_supermask.layers import masks as masks_lib
 
 
 def _reference_mask(values, k):
     """Edge-popup's rule by hand: the round(k n) largest |values|, earliest first on ties."""
-    return reference_topk_keep(values, kept_count(k, np.size(values))).astype(np.float32)
+    return reference_topk_keep(values, topk_kept_count(k, np.size(values))).astype(np.float32)
 
 
 def _inputs():
@@ -190,7 +190,7 @@ from keras import ops
 assert keras.backend.backend() == "jax"
 from tf_supermask.data.device import DeviceBatches
 from tf_supermask.data.pipeline import ArrayBatches
-from tf_supermask.layers import MaskedDense, kept_count
+from tf_supermask.layers import MaskedDense, topk_kept_count
 from tf_supermask.layers import masks
 
 out = {}
@@ -200,7 +200,7 @@ for name, values in {"normal": rng.normal(size=20000), "ties": rng.integers(-3, 
                      "zeros": np.zeros(5000)}.items():
     values = values.astype("float32")
     expected = np.zeros(values.size, "float32")
-    expected[np.argsort(-np.abs(values), kind="stable")[:kept_count(0.4, values.size)]] = 1
+    expected[np.argsort(-np.abs(values), kind="stable")[:topk_kept_count(0.4, values.size)]] = 1
     for method in ["sort", "radix", "count", "bucket"]:
         got = np.asarray(jax.jit(lambda v: masks.topk_binary_mask(v, 0.4, method))(values))
         exact[f"{name}/{method}"] = bool(np.array_equal(got, expected))

@@ -27,6 +27,7 @@ import os
 
 import numpy as np
 
+from tf_supermask.counting import kept_count
 from tf_supermask.experiments.config import parse_arms, parse_sparsities
 
 
@@ -42,7 +43,7 @@ def top_overlap(initial, trained, fraction):
     """Share of the `fraction` largest-magnitude initial weights that are also among the
     `fraction` largest trained ones (1: the same set; `fraction` on average by chance)."""
     initial, trained = np.abs(np.ravel(initial)), np.abs(np.ravel(trained))
-    count = int(round(fraction * initial.size))
+    count = kept_count(initial.size, kept=fraction)
     if count == 0:
         return float("nan")
     top_initial = np.argsort(-initial, kind="stable")[:count]
@@ -84,8 +85,10 @@ class _ArmStart:
     weights at `sparsity`, over the weights the arm starts from (`start`: {variable path:
     value}, with `start_path` the file they came from; None: the trained weights)."""
 
-    def __init__(self, scope, arm, sparsity, trained, start=None, start_path=None):
+    def __init__(self, scope, arm, sparsity, trained, start=None, start_path=None,
+                 rule="nearest"):
         self.scope = scope
+        self.rule = rule
         self.arm = arm
         self.sparsity = sparsity
         self.trained = trained
@@ -98,7 +101,7 @@ class _ArmStart:
         from tf_supermask.pruning.gradual import prune_by_magnitude, pruned_fraction
 
         assign_trained(model, self.trained, "the dense run")
-        masks = prune_by_magnitude(model, self.sparsity, self.scope)
+        masks = prune_by_magnitude(model, self.sparsity, self.scope, self.rule)
         if self.start is not None:
             assign_trained(model, self.start, f"the dense run's {self.start_path}")
             set_masks(model, masks)
@@ -116,7 +119,7 @@ def run_comparison(config, callbacks=()):
     from tf_supermask.config import to_flagfile
     from tf_supermask.experiments.finetune import (DENSE_DIR, _finetune_run, check_dense_run,
                                        default_finetune_dir, finetune_train_config, load_trained,
-                                       train_dense, trained_values)
+                                       one_shot_rule, train_dense, trained_values)
     from tf_supermask.layers import masked_layers
     from tf_supermask.experiments.lottery import SaveWeightsAtStep
     from tf_supermask.training import run_dir as run_dir_lib
@@ -160,7 +163,7 @@ def run_comparison(config, callbacks=()):
         for arm in arms:
             run_dir = os.path.join(experiment, f"sparsity_{sparsity:g}", arm)
             start = _ArmStart(config.prune_scope, arm, sparsity, trained, starts.get(arm),
-                              start_paths.get(arm))
+                              start_paths.get(arm), one_shot_rule(config))
             results, _ = _finetune_run(
                 run_dir, lambda: train(finetune_train_config(config, run_dir),
                                        callbacks=callbacks, prepare=start))

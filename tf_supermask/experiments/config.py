@@ -27,6 +27,8 @@ def _check_weights_binary(config, binary, what):
 # tf-supermask-lottery --------------------------------------------------------------
 
 PRUNED_WEIGHTS = ("zero", "init", "zero_if_shrunk")
+# Model-name prefixes whose output layer global pruning prunes (prunes_output).
+GLOBAL_PRUNES_OUTPUT_MODELS = ("resnet", "mobilenet")
 REINITS = ("rewind", "reinit", "reshuffle", "constant")
 
 
@@ -46,9 +48,11 @@ class LotteryConfig(TrainConfig):
                                "weights of every masked layer, an unpruned output layer's "
                                "included) are pruned from the prunable layers).")
     prune_output_layer: str = option(
-        "auto", "Whether the output layer is pruned: auto (not under --prune_scope=global, "
-        "as open_lth's global pruning leaves fc.weight out; yes at --prune_rate_output under "
-        "--prune_scope=layer, as Frankle & Carbin), true, false.", ("auto", "true", "false"))
+        "auto", "Whether the output layer is pruned: auto (under --prune_scope=global as "
+        "open_lth per model family: not for fc, conv* and vgg*, whose open_lth counterparts "
+        "LeNet and VGG ignore fc.weight, yes for resnet* as open_lth's ResNets and for "
+        "mobilenet_v2; under --prune_scope=layer yes, at --prune_rate_output, as Frankle & "
+        "Carbin), true, false.", ("auto", "true", "false"))
     rewind: str = option("init", "Where kept weights go back to: init, epoch:N or step:N "
                          "(late rewinding, open_lth's: weights saved at step N of level 0, a "
                          "fresh optimizer, training from step N to the end with the schedule "
@@ -76,7 +80,14 @@ class LotteryConfig(TrainConfig):
     masks_from: str = option("", "Use each level's mask from this lottery experiment (its "
                              "level_N/mask.npz): the controls of a given ticket.")
     untrained_eval: bool = option(True, "Also evaluate each level's mask on the untrained "
-                                  "initial weights (Zhou et al.'s supermask at init).")
+                                  "weights the level starts from (Zhou et al.'s supermask at "
+                                  "init): the rewind point's, or a control's re-initialised, "
+                                  "reshuffled or constant weights.")
+    criterion_init: str = option("rewind", "The 'initial' weights the criteria compare with "
+                                 "the final ones (magnitude_increase, movement, large_init, ...) "
+                                 "under late rewinding: rewind (the weights at --rewind, which "
+                                 "the level trains from), init (the weights at step 0). Same "
+                                 "thing for --rewind=init.", ("rewind", "init"))
 
     def __post_init__(self):
         super().__post_init__()
@@ -93,9 +104,16 @@ class LotteryConfig(TrainConfig):
         self.rewind_point()
 
     def prunes_output(self):
-        """Whether the output layer is pruned (--prune_output_layer, auto resolved)."""
+        """Whether the output layer is pruned (--prune_output_layer, auto resolved).
+
+        Under global pruning ``auto`` follows open_lth's models: its LeNet and VGG set
+        ``pruning_layers_to_ignore='fc.weight'``, its CIFAR and ImageNet ResNets prune
+        the output layer. Our conv2..conv8 go with LeNet and VGG (plain networks with
+        a dense head), MobileNet-v2 (not in open_lth) with the ResNets.
+        """
         if self.prune_output_layer == "auto":
-            return self.prune_scope == "layer"
+            return (self.prune_scope == "layer"
+                    or self.model.startswith(GLOBAL_PRUNES_OUTPUT_MODELS))
         return self.prune_output_layer == "true"
 
     def rewind_point(self):

@@ -29,6 +29,7 @@ import keras
 import numpy as np
 
 from tf_supermask.config import config_hash, to_flagfile
+from tf_supermask.counting import resolve_rule
 from tf_supermask.experiments.config import FinetuneConfig
 from tf_supermask.layers import get_masks, masked_layers, set_masks
 from tf_supermask.pruning.gradual import (GradualPruning, prune_by_magnitude, pruned_fraction,
@@ -157,12 +158,19 @@ def train_dense(config, experiment, callbacks=()):
 
 # One fine-tuning run ------------------------------------------------------------------------
 
+def one_shot_rule(config):
+    """The count rule of one-shot and iterative magnitude pruning: --count_rule, auto
+    meaning round((1 - sparsity) * n) ("nearest": Liu et al.'s code is not public)."""
+    return resolve_rule(config.count_rule, "nearest")
+
+
 class _Start:
     """train()'s prepare hook: the trained weights, the previous mask, then magnitude pruning."""
 
-    def __init__(self, source_dir, scope, sparsity=None, previous_masks=None):
+    def __init__(self, source_dir, scope, sparsity=None, previous_masks=None, rule="nearest"):
         self.source_dir = source_dir
         self.scope = scope
+        self.rule = rule
         self.sparsity = sparsity
         self.previous_masks = previous_masks
 
@@ -173,7 +181,7 @@ class _Start:
             set_masks(model, self.previous_masks)
         info = {"started_from": self.source_dir}
         if self.sparsity is not None:
-            masks = prune_by_magnitude(model, self.sparsity, self.scope)
+            masks = prune_by_magnitude(model, self.sparsity, self.scope, self.rule)
             info.update(pruned_to=self.sparsity, pruned_at_start=pruned_fraction(masks))
         return {"finetune": info}
 
@@ -252,7 +260,7 @@ def run_finetune(config: FinetuneConfig, callbacks=()):
         for index in range(1, config.prune_rounds + 1):
             run_dir = os.path.join(experiment, f"round_{index}")
             sparsity = config.round_sparsity(index)
-            start = _Start(source, config.prune_scope, sparsity, masks)
+            start = _Start(source, config.prune_scope, sparsity, masks, one_shot_rule(config))
             results, masks = _finetune_run(
                 run_dir, lambda: train(finetune_train_config(config, run_dir), callbacks=callbacks,
                                        prepare=start),
@@ -270,12 +278,13 @@ def run_finetune(config: FinetuneConfig, callbacks=()):
             schedule = pruning_schedule(config.schedule, config.sparsity, begin, end,
                                         config.frequency, config.initial_sparsity, config.power)
             gradual = GradualPruning(schedule, config.prune_scope, verbose=config.verbose,
-                                     log_dir=os.path.join(run_dir, "tensorboard", "pruning"))
+                                     log_dir=os.path.join(run_dir, "tensorboard", "pruning"),
+                                     rule=resolve_rule(config.count_rule, "tfmot"))
             extra.append(gradual)
             start = _Start(dense_run, config.prune_scope)
         else:
             gradual = None
-            start = _Start(dense_run, config.prune_scope, config.sparsity)
+            start = _Start(dense_run, config.prune_scope, config.sparsity, rule=one_shot_rule(config))
 
         def launch():
             results = train(finetune_train_config(config, run_dir), callbacks=extra,

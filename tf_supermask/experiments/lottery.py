@@ -29,7 +29,6 @@ as a fresh PyTorch optimizer does. This does not depend on
 """
 
 import dataclasses
-import math
 import os
 import warnings
 
@@ -37,6 +36,7 @@ import keras
 import numpy as np
 
 from tf_supermask.config import to_flagfile
+from tf_supermask.counting import kept_count, resolve_rule
 from tf_supermask.experiments.config import LotteryConfig
 from tf_supermask.layers import MaskedConv2D, masked_layers, set_masks
 from tf_supermask.pruning.criteria import criterion_scores
@@ -155,19 +155,22 @@ def next_masks(config, kinds, initial, final, previous, level):
                               {p: final[p] for p in prunable}, seed=seed, eligible=prunable)
     tiebreak = tiebreak_keys(scores, seed)
     if config.prune_scope == "global":
-        # open_lth (sparse_global): ceil(rate x every remaining weight, the layers left
-        # out included) are pruned from the prunable layers.
+        # open_lth (sparse_global): the count comes from every remaining weight, the
+        # layers left out included, and is pruned from the prunable layers; its
+        # threshold sorted[ceil(rate x remaining)] prunes one more (rule "open_lth").
         remaining = sum(int(mask.sum()) for mask in eligible.values())
-        pruned = int(math.ceil(config.prune_rate * remaining))
+        kept_all = kept_count(remaining, pruned=config.prune_rate,
+                              rule=resolve_rule(config.count_rule, "open_lth"))
         available = sum(int(mask.sum()) for mask in prunable.values())
-        masks = top_masks(scores, total=max(0, available - pruned), eligible=prunable,
-                          tiebreak=tiebreak)
+        masks = top_masks(scores, total=max(0, available - (remaining - kept_all)),
+                          eligible=prunable, tiebreak=tiebreak)
     else:
         rates = {"conv": config.prune_rate_conv, "dense": config.prune_rate_dense,
                  "output": config.prune_rate_output}
-        # Zhou et al. prune int(remaining x rate) per layer (the epsilon keeps a product
-        # such as 30 x 0.1 = 3.0000000000000004 or 2.9999999999999996 at 3).
-        counts = {path: int(mask.sum()) - int(int(mask.sum()) * rates[kinds[path]] + 1e-9)
+        # Zhou et al. prune int(remaining x (1 - (1 - rate)) x 100 / 100) per layer
+        # (rule "deconstructing": one fewer than the exact count at a 20 % rate).
+        rule = resolve_rule(config.count_rule, "deconstructing")
+        counts = {path: kept_count(int(mask.sum()), kept=1 - rates[kinds[path]], rule=rule)
                   for path, mask in prunable.items()}
         masks = top_masks(scores, counts=counts, eligible=prunable, tiebreak=tiebreak)
     masks.update({path: np.asarray(previous[path], np.float32) for path in frozen})
@@ -428,7 +431,10 @@ class _LevelSetup:
         return self._final_model
 
     def _masks(self, model, initial):
-        """The level's ticket mask, and the mask actually trained (shuffled for the control)."""
+        """The level's ticket mask, and the mask actually trained (shuffled for the control).
+
+        `initial` holds the weights the criteria compare the previous level's final
+        weights with (--criterion_init)."""
         config, level = self.config, self.level
         if config.masks_from:
             ticket = load_masks(os.path.join(config.masks_from, f"level_{level}", MASK_FILE))
@@ -458,9 +464,15 @@ class _LevelSetup:
                 model.save_weights(temp_path)
         previous_start = (self._previous_start(model)
                           if level > 0 and config.pruned_weights != "zero" else None)
+        late = level > 0 and self.rewind_path != self.initial_path
+        compared = None
+        if late and config.criterion_init == "rewind":
+            # The criteria's "initial" weights: those the level trains from (step N).
+            load_weights(model, self.rewind_path)
+            compared = kernels(model)
         load_weights(model, self.initial_path)
         initial = kernels(model)
-        masks = self._masks(model, initial)
+        masks = self._masks(model, initial if compared is None else compared)
         collapsed = collapsed_layers(masks)
         if collapsed:
             raise ValueError(f"level {level} would prune every weight of {collapsed}: "
@@ -469,9 +481,6 @@ class _LevelSetup:
         out = {"level": level, "criterion": config.criterion, "reinit": config.reinit,
                "pruned_weights": config.pruned_weights}
         set_masks(model, masks)
-        if config.untrained_eval:
-            out["untrained_test_accuracy"] = float(
-                model.evaluate(self.test_batches, verbose=0, return_dict=True)["accuracy"])
         if level > 0:
             if self.rewind_path != self.initial_path:
                 load_weights(model, self.rewind_path)
@@ -487,6 +496,11 @@ class _LevelSetup:
             rng = np.random.default_rng([config.seed, level, 17])
             set_kernels(model, reinitialized(config.reinit, kernels(model), masks, fresh, stds,
                                              config.keep_signs, rng))
+        if config.untrained_eval:
+            # The level's mask on the weights it starts from: the rewind point's, or a
+            # control's re-initialised, reshuffled or constant ones.
+            out["untrained_test_accuracy"] = float(
+                model.evaluate(self.test_batches, verbose=0, return_dict=True)["accuracy"])
         # Whatever the weight files loaded above held, the level starts with a fresh
         # optimizer (a resumed level then gets its own state back from its backup).
         reset_optimizer(model.optimizer)

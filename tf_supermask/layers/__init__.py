@@ -4,4 +4,4 @@ from tf_supermask.layers.initializers import INITIALIZERS, VarianceScaled, get_i
 from tf_supermask.layers.masked import (MaskedConv2D, MaskedDense, MaskedLayer, get_masks,
                                         masked_layers, nonaffine_batchnorm, set_masks,
                                         weights_remaining)
-from tf_supermask.layers.masks import MASK_MODES, kept_count, topk_binary_mask
+from tf_supermask.layers.masks import MASK_MODES, topk_binary_mask, topk_kept_count

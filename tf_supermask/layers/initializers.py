@@ -2,8 +2,8 @@
 
 All of them are Keras initializers (serializable), so a model's config records how
 its frozen weights were drawn. ``fan_scale`` multiplies the fan used for the
-standard deviation: edge-popup's "scale fan" option sets it to k, the fraction
-of weights kept.
+standard deviation: edge-popup's "scale fan" option, by one of two rules
+(``fan_scale_for``).
 """
 
 import math
@@ -15,8 +15,37 @@ from tf_supermask.registry import Registry
 
 INITIALIZERS = Registry("initializer")
 
+# How --scale_fan scales the fan: the edge-popup paper's std = gain / sqrt(k * fan)
+# ("kept": by the fraction kept), or its code's fan * (1 - prune_rate), whose
+# prune_rate is the fraction kept ("pruned": by the fraction pruned). They agree at
+# k = 0.5 only.
+FAN_SCALINGS = ("none", "kept", "pruned")
+
 _DISTRIBUTIONS = ("normal", "uniform", "signed_constant")
 _MODES = ("fan_in", "fan_out", "fan_avg")
+
+
+def fan_scale_for(rule, k):
+    """The multiplier on the fan under a ``--scale_fan`` rule, for fraction kept `k`.
+
+    ``none``: 1. ``kept``: k, the edge-popup paper's ``std = gain / sqrt(k * fan)``.
+    ``pruned``: 1 - k, what allenai/hidden-networks' code computes
+    (``fan * (1 - prune_rate)`` with ``prune_rate`` the fraction kept), the rule of
+    the paper's scaled-init figures. For example at k = 0.3 and fan 576 with ReLU
+    gain: 0.1076 (kept), 0.0704 (pruned).
+
+    Raises:
+      ValueError: an unknown rule, or ``pruned`` at k = 1 (a zero fan).
+    """
+    if rule not in FAN_SCALINGS:
+        raise ValueError(f"scale_fan must be one of {FAN_SCALINGS}, got {rule!r}")
+    if rule == "none":
+        return 1.0
+    if rule == "kept":
+        return float(k)
+    if float(k) >= 1.0:
+        raise ValueError("scale_fan=pruned scales the fan by 1 - k, which is 0 at k = 1")
+    return 1.0 - float(k)
 
 
 def compute_fans(shape):

@@ -12,7 +12,8 @@ from keras import ops
 
 from tf_supermask.backend import read
 from tf_supermask.layers.initializers import get_initializer
-from tf_supermask.layers.masks import MASK_MODES, check_k
+from tf_supermask.counting import check_rule
+from tf_supermask.layers.masks import MASK_MODES, TOPK_COUNT_RULE, check_k
 
 
 class MaskedLayer(keras.layers.Layer):
@@ -21,6 +22,8 @@ class MaskedLayer(keras.layers.Layer):
     Args:
       mask: registered mask mode: "dense", "bernoulli", "topk" or "fixed".
       k: fraction of weights kept by "topk", in (0, 1].
+      count_rule: how "topk" turns k into a count (``tf_supermask.counting``);
+        default edge-popup's: ``n - int((1 - k) * n)`` kept, at least 1.
       kernel_initializer: registered initializer name or Keras initializer.
       score_initializer: initializer of the scores ("bernoulli"/"topk").
       bias_initializer: initializer of the bias.
@@ -42,11 +45,13 @@ class MaskedLayer(keras.layers.Layer):
     def __init__(self, mask="dense", k=0.5, kernel_initializer="glorot_uniform",
                  score_initializer="kaiming_uniform", bias_initializer="zeros", use_bias=True,
                  train_weights=None, train_bias=None, train_scores=True, rescale=False,
-                 eval_sample=False, seed=None, pruned_values=False, activation=None, **kwargs):
+                 eval_sample=False, seed=None, pruned_values=False, activation=None,
+                 count_rule=TOPK_COUNT_RULE, **kwargs):
         super().__init__(**kwargs)
         self._mode = MASK_MODES.get(mask)()
         self.mask_mode = mask
         self.k = check_k(k)
+        self.count_rule = check_rule(count_rule)
         self.kernel_initializer = get_initializer(kernel_initializer)
         self.score_initializer = get_initializer(score_initializer)
         self.bias_initializer = get_initializer(bias_initializer)
@@ -142,7 +147,7 @@ class MaskedLayer(keras.layers.Layer):
     def get_config(self):
         config = super().get_config()
         config.update({
-            "mask": self.mask_mode, "k": self.k,
+            "mask": self.mask_mode, "k": self.k, "count_rule": self.count_rule,
             "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
             "score_initializer": keras.initializers.serialize(self.score_initializer),
             "bias_initializer": keras.initializers.serialize(self.bias_initializer),

@@ -16,6 +16,7 @@ from keras import ops
 
 from tf_supermask.backend import (bitcast_to_int32, compact, compiled, histogram, platform, read,
                                   supports_dynamic_shapes)
+from tf_supermask.counting import kept_count
 from tf_supermask.layers import fused
 from tf_supermask.registry import Registry
 
@@ -56,9 +57,15 @@ def check_k(k, name="k"):
     return float(k)
 
 
-def kept_count(k, size):
-    """Number of weights a top-k layer keeps: round(k * size), at least 1."""
-    return max(1, int(round(float(k) * int(size))))
+# Edge-popup's count: GetSubnet zeroes int((1 - k) * n) entries (tf_supermask.counting).
+TOPK_COUNT_RULE = "hidden_networks"
+
+
+def topk_kept_count(k, size, rule=TOPK_COUNT_RULE):
+    """Number of weights a top-k layer keeps: ``counting.kept_count`` of `size` at the
+    fraction kept `k` under `rule` (default edge-popup's ``n - int((1 - k) * n)``),
+    at least 1."""
+    return max(1, kept_count(size, kept=k, rule=rule))
 
 
 def topk_method_for(size, backend=None, device=None):
@@ -195,8 +202,9 @@ def _bucket_keep(magnitudes, kept):
     return _keep_from_threshold(bits, threshold, ties_kept, ties_total)
 
 
-def topk_keep(magnitudes, k, method=None):
-    """Boolean tensor of `magnitudes`' shape keeping exactly round(k * n) largest |entries|.
+def topk_keep(magnitudes, k, method=None, rule=TOPK_COUNT_RULE):
+    """Boolean tensor of `magnitudes`' shape keeping exactly ``topk_kept_count(k, n, rule)``
+    largest |entries|.
 
     Ties at the threshold are broken by position (earliest kept). Every method
     gives the same result; `method` (default: ``topk_method_for``) picks the
@@ -204,7 +212,7 @@ def topk_keep(magnitudes, k, method=None):
     """
     flat = ops.abs(ops.reshape(ops.cast(magnitudes, "float32"), (-1,)))
     size = int(flat.shape[0])
-    kept = kept_count(k, size)
+    kept = topk_kept_count(k, size, rule)
     if kept >= size:
         return ops.ones(ops.shape(magnitudes), "bool")
     method = method or topk_method_for(size)
@@ -220,12 +228,13 @@ def _select(method, kept):
     return compiled(lambda flat: select(flat, kept))
 
 
-def topk_binary_mask(magnitudes, k, method=None):
-    """Float 0/1 tensor of `magnitudes`' shape keeping exactly round(k * n) largest entries.
+def topk_binary_mask(magnitudes, k, method=None, rule=TOPK_COUNT_RULE):
+    """Float 0/1 tensor of `magnitudes`' shape keeping exactly ``topk_kept_count(k, n,
+    rule)`` largest entries.
 
     Ties at the threshold are broken by position (earliest kept).
     """
-    return ops.cast(topk_keep(magnitudes, k, method), magnitudes.dtype)
+    return ops.cast(topk_keep(magnitudes, k, method, rule), magnitudes.dtype)
 
 
 def _upstream(args, upstream):
@@ -233,12 +242,12 @@ def _upstream(args, upstream):
     return args[0] if upstream is None else upstream
 
 
-def _topk_straight_through(kernel, scores, k):
+def _topk_straight_through(kernel, scores, k, rule=TOPK_COUNT_RULE):
     """where(top-k of |scores|, kernel, 0); d/d scores = d/d kernel_eff * kernel * sign(scores)."""
 
     @ops.custom_gradient
     def apply(kernel, scores):
-        keep = topk_keep(scores, k)
+        keep = topk_keep(scores, k, rule=rule)
         zero = ops.cast(0, kernel.dtype)
 
         def grad(*args, upstream=None):
@@ -354,7 +363,7 @@ class TopKMode(ScoreMode):
 
     def mask(self, layer, training):
         magnitude = ops.abs(layer.scores)
-        binary = ops.stop_gradient(topk_binary_mask(magnitude, layer.k))
+        binary = ops.stop_gradient(topk_binary_mask(magnitude, layer.k, rule=layer.count_rule))
         if not training:
             return binary
         return binary + magnitude - ops.stop_gradient(magnitude)
@@ -363,18 +372,19 @@ class TopKMode(ScoreMode):
         scores = read(layer.scores)
         if training:
             if fused.available(kernel, scores):
-                kept = kept_count(layer.k, math.prod(scores.shape))
+                kept = topk_kept_count(layer.k, math.prod(scores.shape), layer.count_rule)
                 return fused.topk_masked(kernel, scores, kept, kernel_grad=layer.train_weights)
-            return _topk_straight_through(kernel, scores, layer.k)
-        return ops.where(topk_keep(scores, layer.k), kernel, ops.cast(0, kernel.dtype))
+            return _topk_straight_through(kernel, scores, layer.k, layer.count_rule)
+        return ops.where(topk_keep(scores, layer.k, rule=layer.count_rule), kernel,
+                         ops.cast(0, kernel.dtype))
 
     def binary_mask(self, layer):
-        return topk_binary_mask(ops.abs(layer.scores), layer.k)
+        return topk_binary_mask(ops.abs(layer.scores), layer.k, rule=layer.count_rule)
 
     def set_mask(self, layer, mask):
         # Lift the kept scores above every pruned one; the count must match k.
         mask = ops.cast(ops.convert_to_tensor(mask) != 0, layer.scores.dtype)
-        expected = kept_count(layer.k, int(ops.size(mask)))
+        expected = topk_kept_count(layer.k, int(ops.size(mask)), layer.count_rule)
         if int(ops.sum(mask)) != expected:
             raise ValueError(f"a topk layer with k={layer.k} keeps {expected} weights of "
                              f"{layer.kernel_variable.path}; the given mask keeps {int(ops.sum(mask))}")

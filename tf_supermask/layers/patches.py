@@ -45,7 +45,7 @@ from typing import Optional
 import keras
 import numpy as np
 
-from tf_supermask.layers.initializers import VarianceScaled
+from tf_supermask.layers.initializers import VarianceScaled, fan_scale_for
 from tf_supermask.layers.masked import MaskedConv2D, MaskedDense, masked_layers
 
 # Images propagated when `forward_images` is 0, unless a layer needs more.
@@ -80,7 +80,7 @@ class PatchesOptions:
       forward_images: working-set size, images propagated through the model
         (0: max(256, most patch filters of a layer)); at least the largest
         number of patch filters of one layer, at most the images given.
-      fan_scale: multiplier on the fan of the Kaiming std (k under scale_fan).
+      fan_scale: multiplier on the fan of the Kaiming std (``fan_scale_for`` of --scale_fan).
       gain: Kaiming gain (sqrt(2) for ReLU networks).
       batch_size: images per forward call.
       seed: seed of every random choice.
@@ -241,7 +241,7 @@ def options_from_config(config):
         zca_eps=config.patches_zca_eps, zca_patches=config.patches_zca_patches,
         sign_flip=config.patches_sign_flip, rescale=config.patches_rescale,
         dense=config.patches_dense, forward_images=config.patches_forward_images,
-        fan_scale=config.k if config.scale_fan else 1.0, seed=config.seed)
+        fan_scale=fan_scale_for(config.scale_fan, config.k), seed=config.seed)
 
 
 def patches_init_from_config(model, config, dataset, normalization):

@@ -6,7 +6,7 @@ from typing import Optional
 import keras
 
 from tf_supermask.layers import MaskedConv2D, MaskedDense, nonaffine_batchnorm
-from tf_supermask.layers.initializers import get_initializer
+from tf_supermask.layers.initializers import fan_scale_for, get_initializer
 from tf_supermask.layers.masks import check_k
 from tf_supermask.registry import Registry
 
@@ -30,7 +30,11 @@ class MaskOptions:
       init: registered weight initializer.
       score_init: registered score initializer ("bernoulli" / "topk"); None: the
         mode's entry of DEFAULT_SCORE_INIT.
-      scale_fan: scale the initializer's fan by k (edge-popup's option).
+      count_rule: how "topk" turns k into a count (``tf_supermask.counting``;
+        default edge-popup's ``n - int((1 - k) * n)``).
+      scale_fan: how the initializer's fan is scaled (edge-popup's option): "none",
+        "kept" (by k, the paper's formula) or "pruned" (by 1 - k, hidden-networks'
+        code); see ``fan_scale_for``.
       rescale: dynamic weight rescaling (#weights / #kept).
       train_weights: kernels train (None: the mode's default).
       use_bias: layers have biases (None: only where weights train).
@@ -52,7 +56,8 @@ class MaskOptions:
     k: float = 0.5
     init: str = "kaiming_normal"
     score_init: Optional[str] = None
-    scale_fan: bool = False
+    count_rule: str = "hidden_networks"
+    scale_fan: str = "none"
     rescale: bool = False
     train_weights: Optional[bool] = None
     use_bias: Optional[bool] = None
@@ -65,6 +70,9 @@ class MaskOptions:
 
     def __post_init__(self):
         check_k(self.k)
+        if isinstance(self.scale_fan, bool):  # files written before the rule had names
+            self.scale_fan = "kept" if self.scale_fan else "none"
+        fan_scale_for(self.scale_fan, self.k)  # a ValueError for a bad rule
         if self.batchnorm not in BATCHNORMS:
             raise ValueError(f"batchnorm must be one of {BATCHNORMS}, got {self.batchnorm!r}")
         if self.width <= 0:
@@ -98,9 +106,9 @@ class MaskOptions:
         train_weights = mode.default_train_weights if self.train_weights is None else self.train_weights
         if use_bias is None:
             use_bias = train_weights if self.use_bias is None else self.use_bias
-        fan_scale = self.k if self.scale_fan and not unpruned else 1.0
+        fan_scale = 1.0 if unpruned else fan_scale_for(self.scale_fan, self.k)
         score_init = self.score_init or DEFAULT_SCORE_INIT.get(self.mask, "kaiming_uniform")
-        return dict(mask=mask, k=self.k, rescale=self.rescale and not unpruned,
+        return dict(mask=mask, k=self.k, count_rule=self.count_rule, rescale=self.rescale and not unpruned,
                     train_weights=train_weights,
                     use_bias=use_bias, eval_sample=self.eval_sample, seed=seed,
                     pruned_values=self.pruned_values and not unpruned,

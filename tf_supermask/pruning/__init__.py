@@ -16,7 +16,7 @@ on first use, so that ``tf_supermask.pruning.options`` does not import Keras.
 from tf_supermask.lazy import lazy_exports
 
 _EXPORTS = {
-    "collapsed_layers": "select", "counts_for_fraction": "select", "shuffle_masks": "select",
+    "collapsed_layers": "select", "shuffle_masks": "select",
     "top_masks": "select",
     "LayerCollapseError": "saliency", "LayerCollapseWarning": "saliency",
     "check_collapse": "saliency", "grasp_masks": "saliency", "grasp_scores": "saliency",

@@ -29,11 +29,12 @@ behaviours are named choices:
 
 import numpy as np
 
+from tf_supermask.counting import resolve_rule
 from tf_supermask.layers import set_masks
 from tf_supermask.pruning.haroon import (DissipatingCallback, dissipating_calibrate,
                                          dissipating_search, kstarts_masks, restore, snapshot)
 from tf_supermask.pruning.options import METHOD_SCOPES, PruneOptions  # noqa: F401
-from tf_supermask.pruning.saliency import (_seed_list, check_collapse,
+from tf_supermask.pruning.saliency import (SALIENCY_COUNT_RULE, _seed_list, check_collapse,
                                            fixed_layers, grasp_masks, grasp_scores,
                                            kernel_values, magnitude_scores, random_masks,
                                            select_masks, snip_scores, synflow_masks)
@@ -77,7 +78,7 @@ def _method(name):
 class RandomMethod(PruneMethod):
     def initial_masks(self, model, batches, options):
         return random_masks(model, options.sparsity, options.resolved_scope,
-                            _options_seed(options)), {}
+                            _options_seed(options), _count_rule(options)), {}
 
 
 @_method("magnitude")
@@ -85,7 +86,8 @@ class MagnitudeMethod(PruneMethod):
 
     def initial_masks(self, model, batches, options):
         scores = magnitude_scores(model)
-        return select_masks(scores, options.sparsity, options.resolved_scope), {}
+        return select_masks(scores, options.sparsity, options.resolved_scope,
+                            rule=_count_rule(options)), {}
 
 
 @_method("snip")
@@ -93,7 +95,8 @@ class SnipMethod(PruneMethod):
 
     def initial_masks(self, model, batches, options):
         scores = snip_scores(model, batches, options.snip_batches)
-        return select_masks(scores, options.sparsity, options.resolved_scope), {}
+        return select_masks(scores, options.sparsity, options.resolved_scope,
+                            rule=_count_rule(options)), {}
 
 
 @_method("grasp")
@@ -101,7 +104,8 @@ class GraspMethod(PruneMethod):
 
     def initial_masks(self, model, batches, options):
         scores = grasp_scores(model, batches, options.grasp_batches, options.grasp_temperature)
-        return grasp_masks(scores, options.sparsity, options.resolved_scope), {}
+        return grasp_masks(scores, options.sparsity, options.resolved_scope,
+                           _count_rule(options)), {}
 
 
 @_method("synflow")
@@ -109,12 +113,17 @@ class SynflowMethod(PruneMethod):
 
     def initial_masks(self, model, batches, options):
         masks = synflow_masks(model, options.sparsity, options.resolved_scope,
-                              options.synflow_iterations)
+                              options.synflow_iterations, rule=_count_rule(options))
         return masks, {}
 
 
 def _options_seed(options):
     return getattr(options, "seed", 0)
+
+
+def _count_rule(options):
+    """--count_rule, auto meaning Synaptic-Flow's rule (the saliency methods' reference)."""
+    return resolve_rule(getattr(options, "count_rule", "auto"), SALIENCY_COUNT_RULE)
 
 
 def _kstarts(model, batches, options, sparsity):

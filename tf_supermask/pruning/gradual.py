@@ -27,6 +27,7 @@ import sys
 import keras
 import numpy as np
 
+from tf_supermask.counting import kept_counts
 from tf_supermask.layers import masked_layers, set_masks
 from tf_supermask.pruning.options import GRADUAL_SCHEDULES, SCOPES
 from tf_supermask.pruning.select import top_masks
@@ -103,13 +104,13 @@ def pruning_schedule(kind, sparsity, begin_step, end_step=-1, frequency=100,
 def evaluate_schedule(schedule, step):
     """(should_prune, sparsity) as Python values from a tfmot schedule at optimizer `step`.
 
-    The sparsity is rounded to 6 decimals: tfmot computes it in float32, and
-    0.9 coming back as 0.89999998 would otherwise shift kept counts at ties.
+    The sparsity is tfmot's float32 value (0.9 comes back as 0.8999999761581421),
+    which the "tfmot" count rule rounds as tfmot does.
     """
     import tensorflow as tf
 
     should_prune, sparsity = schedule(tf.constant(int(step), tf.int64))
-    return bool(np.asarray(should_prune)), round(float(np.asarray(sparsity)), 6)
+    return bool(np.asarray(should_prune)), float(np.float32(np.asarray(sparsity)))
 
 
 def prunable_layers(model):
@@ -117,15 +118,17 @@ def prunable_layers(model):
     return [layer for layer in masked_layers(model) if layer.mask_mode == "fixed"]
 
 
-def magnitude_masks(model, sparsity, scope="layer"):
+def magnitude_masks(model, sparsity, scope="layer", rule="nearest"):
     """Masks keeping the largest |weight| among the entries each fixed-mode mask still keeps.
 
     Args:
       model: a model with fixed-mode masked layers.
       sparsity: target fraction of each layer's weights ("layer") or of all
         their weights together ("global") that is pruned, in [0, 1].
-      scope: "layer" (every layer keeps round((1 - sparsity) * size) weights) or
-        "global" (round((1 - sparsity) * total) weights ranked over all layers).
+      scope: "layer" (every layer keeps ``counting.kept_count(size, pruned=sparsity,
+        rule)`` weights) or "global" (that many of the total, ranked over all layers).
+      rule: a ``tf_supermask.counting`` rule: "nearest" (round((1 - s) * n)) for
+        one-shot pruning, "tfmot" (tfmot's float32 rounding) under a tfmot schedule.
 
     Weights already pruned stay pruned: when the current mask keeps fewer weights
     than asked, it is returned unchanged (a mask never grows back).
@@ -145,19 +148,18 @@ def magnitude_masks(model, sparsity, scope="layer"):
         path = layer.kernel_variable.path
         scores[path] = np.abs(keras.ops.convert_to_numpy(layer.kernel_variable))
         eligible[path] = keras.ops.convert_to_numpy(layer.get_mask()) > 0
-    kept = 1.0 - sparsity
+    counts = kept_counts(eligible, pruned=sparsity, scope=scope, rule=rule)
     if scope == "layer":
-        counts = {path: min(int(round(kept * mask.size)), int(mask.sum()))
-                  for path, mask in eligible.items()}
-        return top_masks(scores, counts=counts, eligible=eligible)
-    total = int(round(kept * sum(mask.size for mask in eligible.values())))
-    total = min(total, sum(int(mask.sum()) for mask in eligible.values()))
-    return top_masks(scores, total=total, eligible=eligible)
+        counts["counts"] = {path: min(count, int(eligible[path].sum()))
+                            for path, count in counts["counts"].items()}
+    else:
+        counts["total"] = min(counts["total"], sum(int(mask.sum()) for mask in eligible.values()))
+    return top_masks(scores, eligible=eligible, **counts)
 
 
-def prune_by_magnitude(model, sparsity, scope="layer"):
+def prune_by_magnitude(model, sparsity, scope="layer", rule="nearest"):
     """Sets the fixed masks of `model` to ``magnitude_masks`` and returns them."""
-    masks = magnitude_masks(model, sparsity, scope)
+    masks = magnitude_masks(model, sparsity, scope, rule)
     set_masks(model, masks)
     return masks
 
@@ -180,6 +182,8 @@ class GradualPruning(keras.callbacks.Callback):
       schedule: a tfmot ``PruningSchedule`` (see ``pruning_schedule``), or any
         callable mapping a step tensor to (should_prune, sparsity).
       scope: "layer" or "global" (see ``magnitude_masks``).
+      rule: the ``tf_supermask.counting`` rule; default tfmot's own
+        (``max(1, round(float32(n) * (1 - float32(sparsity))))``).
       verbose: print each pruning step.
       log_dir: where TensorBoard scalars ``sparsity/<kernel path>`` and
         ``sparsity/pruned_layers`` are written at every pruning step (with the
@@ -187,15 +191,17 @@ class GradualPruning(keras.callbacks.Callback):
 
     Attributes:
       events: [{"step", "sparsity", "pruned"}] of the pruning steps taken in this
-        process ("pruned": the fraction actually pruned over the pruned layers).
+        process ("sparsity": the schedule's, to 6 decimals; "pruned": the fraction
+        actually pruned over the pruned layers).
     """
 
-    def __init__(self, schedule, scope="layer", verbose=0, log_dir=None):
+    def __init__(self, schedule, scope="layer", verbose=0, log_dir=None, rule="tfmot"):
         super().__init__()
         if scope not in SCOPES:
             raise ValueError(f"unknown pruning scope {scope!r}; choose one of {SCOPES}")
         self.schedule = schedule
         self.scope = scope
+        self.rule = rule
         self.verbose = verbose
         self.events = []
         self.log_dir = log_dir
@@ -231,8 +237,8 @@ class GradualPruning(keras.callbacks.Callback):
 
     def prune(self, step, sparsity):
         """Prunes the model to `sparsity` now (recorded as `step`)."""
-        masks = prune_by_magnitude(self.model, sparsity, self.scope)
-        event = {"step": int(step), "sparsity": float(sparsity),
+        masks = prune_by_magnitude(self.model, sparsity, self.scope, self.rule)
+        event = {"step": int(step), "sparsity": round(float(sparsity), 6),
                  "pruned": pruned_fraction(masks)}
         self.events.append(event)
         if self._writer is not None:

@@ -29,7 +29,11 @@ from tf_supermask.pruning.options import (DISSIPATING_SCHEDULES, DISSIPATING_TAR
                                           KSTARTS_MODES, SCOPES, density_of)
 from tf_supermask.pruning.saliency import (_loss_fn, _seed_list, check_collapse, fixed_layers,
                                            kernel_values, random_masks, take_batches)
-from tf_supermask.pruning.select import counts_for_fraction, top_masks
+from tf_supermask.counting import kept_counts
+from tf_supermask.pruning.select import top_masks
+
+# Haroon's paper has no public code: its counts are round(density x size) (our choice).
+HAROON_COUNT_RULE = "nearest"
 
 
 # ---------------------------------------------------------------------------
@@ -144,7 +148,8 @@ def kstarts_masks(model, batches, sparsity, scope="layer", k=5, epochs=1, fitnes
     for index in range(int(k)):
         restore(model, start)
         _set_data_epoch(batches, data_epoch)
-        masks = random_masks(model, sparsity, scope, seed=_seed_list(seed) + [1, index])
+        masks = random_masks(model, sparsity, scope, seed=_seed_list(seed) + [1, index],
+                             rule=HAROON_COUNT_RULE)
         set_masks(model, masks)
         history = model.fit(batches, epochs=int(epochs), steps_per_epoch=steps, verbose=verbose,
                             shuffle=False)
@@ -284,10 +289,10 @@ def fraction_for_changes(changes, sparsity, masks=None, scope="global"):
     sizes = {path: int(np.size(changes[path])) for path in changes}
     if scope == "global":
         values = np.concatenate([np.asarray(changes[p])[kept[p]].reshape(-1) for p in changes])
-        target = int(round(density * sum(sizes.values())))
-        return _fraction_removing(values, len(values) - target)
+        target = kept_counts(sizes, kept=density, scope="global", rule=HAROON_COUNT_RULE)
+        return _fraction_removing(values, len(values) - target["total"])
     if scope == "layer":
-        targets = counts_for_fraction(sizes, density)
+        targets = kept_counts(sizes, kept=density, rule=HAROON_COUNT_RULE)["counts"]
         return {path: _fraction_removing(np.asarray(changes[path])[kept[path]],
                                          int(kept[path].sum()) - targets[path])
                 for path in changes}
@@ -367,8 +372,10 @@ class DissipatingCallback(keras.callbacks.Callback):
         self.log = []
         self.sizes = {path: int(np.size(mask)) for path, mask in masks.items()}
         self.start_kept = {path: int(np.sum(mask)) for path, mask in masks.items()}
-        self.target = counts_for_fraction(self.sizes, density_of(self.sparsity))
-        self.target_total = int(round(density_of(self.sparsity) * sum(self.sizes.values())))
+        density = density_of(self.sparsity)
+        self.target = kept_counts(self.sizes, kept=density, rule=HAROON_COUNT_RULE)["counts"]
+        self.target_total = kept_counts(self.sizes, kept=density, scope="global",
+                                        rule=HAROON_COUNT_RULE)["total"]
 
     def allowed(self, epoch):
         if self.target_mode != "reach":

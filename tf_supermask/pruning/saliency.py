@@ -31,7 +31,12 @@ from keras import ops
 from tf_supermask.backend import gradient_function, value_and_grads
 from tf_supermask.layers import masked_layers, set_masks
 from tf_supermask.pruning.options import SCOPES, density_of
-from tf_supermask.pruning.select import collapsed_layers, counts_for_fraction, top_masks
+from tf_supermask.counting import kept_counts
+from tf_supermask.pruning.select import collapsed_layers, top_masks
+
+# Synaptic-Flow's Pruner.mask prunes int((1 - density) * N) (tf_supermask.counting); it
+# is the reference of every method here (random, magnitude, SNIP, GraSP, SynFlow).
+SALIENCY_COUNT_RULE = "synaptic_flow"
 
 
 class LayerCollapseWarning(UserWarning):
@@ -71,22 +76,23 @@ def kernel_values(model):
             for path, layer in fixed_layers(model).items()}
 
 
-def select_masks(scores, sparsity, scope, eligible=None):
-    """Keeps the highest scores so that exactly the fraction `sparsity` is pruned.
+def select_masks(scores, sparsity, scope, eligible=None, rule=SALIENCY_COUNT_RULE,
+                 density=None):
+    """Keeps the highest scores so that the fraction `sparsity` is pruned.
 
-    Per layer each kernel keeps round((1 - sparsity) * size) entries (1 - sparsity
-    taken to 12 decimals, so that 0.9 of 75 weights keeps round(7.5) = 8); globally
-    round((1 - sparsity) * total size) entries are kept over all layers. With
-    `eligible`, entries outside it are never kept (the counts are still
-    fractions of the full layer sizes).
+    Per layer each kernel keeps ``counting.kept_count(size, kept=1 - sparsity, rule)``
+    entries (1 - sparsity taken to 12 decimals); globally that many of the total
+    size, ranked over all layers. The default rule is Synaptic-Flow's:
+    ``size - int(sparsity * size)``. With `eligible`, entries outside it are never
+    kept (the counts are still fractions of the full layer sizes). `density`, when
+    given, is the fraction kept as computed by the caller, used instead of
+    ``1 - sparsity``.
     """
-    density = density_of(sparsity)
-    if scope == "layer":
-        return top_masks(scores, counts=counts_for_fraction(scores, density), eligible=eligible)
-    if scope == "global":
-        total = sum(int(np.size(score)) for score in scores.values())
-        return top_masks(scores, total=int(round(density * total)), eligible=eligible)
-    raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
+    if scope not in SCOPES:
+        raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
+    density = density_of(sparsity) if density is None else float(density)
+    return top_masks(scores, **kept_counts(scores, kept=density, scope=scope, rule=rule),
+                     eligible=eligible)
 
 
 def cross_entropy(logits, labels, temperature=1.0):
@@ -152,9 +158,9 @@ def random_scores(model, seed):
     return {path: rng.random(np.shape(value)) for path, value in kernel_values(model).items()}
 
 
-def random_masks(model, sparsity, scope, seed):
+def random_masks(model, sparsity, scope, seed, rule=SALIENCY_COUNT_RULE):
     """A random mask at exactly the given sparsity."""
-    return select_masks(random_scores(model, seed), sparsity, scope)
+    return select_masks(random_scores(model, seed), sparsity, scope, rule=rule)
 
 
 def magnitude_scores(model):
@@ -217,9 +223,10 @@ def grasp_scores(model, batches, num_batches=1, temperature=200.0):
     return {path: -values[path] * hg for path, hg in zip(layers, hessian_gradient)}
 
 
-def grasp_masks(scores, sparsity, scope):
+def grasp_masks(scores, sparsity, scope, rule=SALIENCY_COUNT_RULE):
     """Removes the highest GraSP scores S, i.e. keeps the lowest."""
-    return select_masks({path: -score for path, score in scores.items()}, sparsity, scope)
+    return select_masks({path: -score for path, score in scores.items()}, sparsity, scope,
+                        rule=rule)
 
 
 def _is_mask_variable(variable, mask_paths):
@@ -255,12 +262,16 @@ def synflow_scores(model, input_shape=None):
             for path, grad in zip(layers, grads)}
 
 
-def synflow_masks(model, sparsity, scope="global", iterations=100, input_shape=None):
+def synflow_masks(model, sparsity, scope="global", iterations=100, input_shape=None,
+                  rule=SALIENCY_COUNT_RULE):
     """Iterative SynFlow: `iterations` rounds of scoring and pruning.
 
-    After round i the density is (1 - sparsity) ** (i / iterations), counted as
-    in ``select_masks``; each round ranks only the entries still kept. The
-    model's masks are set as it goes and hold the result at the end.
+    After round i the density is d_i = (1 - sparsity) ** (i / iterations), and
+    each round keeps ``counting.kept_count(N, kept=d_i, rule)`` entries (N: the
+    layer's or, globally, every layer's size), Synaptic-Flow's
+    ``N - int((1 - d_i) * N)`` by default; each round ranks only the entries
+    still kept. The model's masks are set as it goes and hold the result at the
+    end.
     """
     layers = fixed_layers(model)
     density = density_of(sparsity)
@@ -270,6 +281,7 @@ def synflow_masks(model, sparsity, scope="global", iterations=100, input_shape=N
     for step in range(1, int(iterations) + 1):
         scores = synflow_scores(model, input_shape)
         eligible = {path: mask > 0 for path, mask in masks.items()}
-        masks = select_masks(scores, 1.0 - density ** (step / int(iterations)), scope, eligible)
+        masks = select_masks(scores, sparsity, scope, eligible, rule,
+                             density=density ** (step / int(iterations)))
         set_masks(model, masks)
     return masks

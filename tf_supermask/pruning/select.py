@@ -16,13 +16,6 @@ from tf_supermask.files import atomic_file
 MASK_FILE = "mask.npz"
 
 
-def counts_for_fraction(sizes, fraction):
-    """{path: round(fraction * size)} for ``sizes`` {path: entries} (or {path: mask})."""
-    if not 0.0 <= fraction <= 1.0:
-        raise ValueError(f"fraction kept must be in [0, 1], got {fraction}")
-    return {path: int(round(fraction * _size(size))) for path, size in sizes.items()}
-
-
 def _size(value):
     return int(np.size(value)) if not isinstance(value, (int, np.integer)) else int(value)
 

@@ -3,6 +3,7 @@
 import dataclasses
 
 from tf_supermask.config import option
+from tf_supermask.counting import COUNT_RULES
 
 MASKS = ("dense", "bernoulli", "topk", "fixed")
 # The models registered in tf_supermask.models.MODELS, for --model's help without importing
@@ -29,7 +30,17 @@ class TrainConfig:
                              "kaiming_uniform_a_sqrt5 for topk: uniform(+-1/sqrt(fan_in)) as "
                              "hidden-networks; kaiming_uniform, uniform(+-sqrt(6/fan_in)), was "
                              "the default before).")
-    scale_fan: bool = option(False, "Scale the initializer's fan by k (edge-popup).")
+    count_rule: str = option(
+        "auto", "How a rate becomes a count of weights (tf_supermask/counting.py): auto (each "
+        "method its reference's rule: topk hidden_networks, n - int((1 - k) n) kept; lottery "
+        "deconstructing per layer, open_lth globally; random, magnitude, SNIP, GraSP and "
+        "SynFlow at init synaptic_flow; gradual tfmot; others nearest), or one rule for every "
+        "method: " + ", ".join(COUNT_RULES) + ".", ("auto",) + tuple(COUNT_RULES))
+    scale_fan: str = option("none", "Scale the weight initializer's fan (edge-popup's scaled "
+                            "init): none; kept (std = gain / sqrt(k * fan), the paper's "
+                            "formula); pruned (fan * (1 - k), what hidden-networks' code "
+                            "computes and the paper's scaled-init figures used). They agree "
+                            "only at k = 0.5.", ("none", "kept", "pruned"))
     rescale: bool = option(False, "Dynamic weight rescaling by #weights / #kept (Zhou et al.).")
     train_weights: str = option("auto", "Whether kernels train: auto (dense/fixed yes, "
                                 "bernoulli/topk no), true, false.", ("auto", "true", "false"))
@@ -196,7 +207,11 @@ class TrainConfig:
         # --init=patches builds with patches_rest_init; the trainer's data step
         # (tf_supermask.layers.patches) then overwrites the patched layers.
         init = self.patches_rest_init if self.init == "patches" else self.init
+        from tf_supermask.counting import resolve_rule
+        from tf_supermask.layers.masks import TOPK_COUNT_RULE
+
         return MaskOptions(mask=self.mask, k=self.k, init=init,
+                           count_rule=resolve_rule(self.count_rule, TOPK_COUNT_RULE),
                            score_init=self.score_init or None, scale_fan=self.scale_fan,
                            rescale=self.rescale, train_weights=train_weights,
                            eval_sample=self.eval_sample, batchnorm=self.batchnorm,
