@@ -37,7 +37,15 @@ def tiny(run_dir, **overrides):
 
 
 def kept_count(fraction_pruned, size):
-    return int(round((1.0 - fraction_pruned) * size))
+    """One-shot and iterative pruning: the nearest count, round((1 - s) * n), half to even
+    (the product to 9 decimals: 0.3 x 75 = 22.500000000000004 counts as 22.5)."""
+    return int(round(round((1.0 - fraction_pruned) * size, 9)))
+
+
+def tfmot_kept(fraction_pruned, size):
+    """Gradual pruning: tfmot's pruning_impl, max(round(float32(n) * (1 - float32(s))), 1)."""
+    value = np.float32(size) * (np.float32(1.0) - np.float32(fraction_pruned))
+    return max(1, int(np.round(value)))
 
 
 def kernels(model):
@@ -163,7 +171,7 @@ def test_gradual_pruning_follows_the_polynomial_schedule():
             previous = recorder.masks[step - 1]
             assert any(not np.array_equal(masks[p], previous[p]) for p in masks), step
             for path, mask in masks.items():
-                assert mask.sum() == kept_count(expected[step], mask.size)
+                assert mask.sum() == tfmot_kept(expected[step], mask.size)
                 assert np.all(mask <= previous[path])  # a subset of the previous mask
                 weights = np.abs(recorder.kernels[step][path])
                 newly_pruned = (previous[path] > 0) & (mask == 0)
@@ -176,7 +184,7 @@ def test_gradual_pruning_follows_the_polynomial_schedule():
             assert all(mask.all() for mask in masks.values())
     final = get_masks(model)
     for mask in final.values():
-        assert mask.sum() == kept_count(0.75, mask.size)
+        assert mask.sum() == tfmot_kept(0.75, mask.size)
 
 
 def test_gradual_pruning_writes_per_layer_sparsity_to_tensorboard(tmp_path):
@@ -198,7 +206,7 @@ def test_gradual_pruning_writes_per_layer_sparsity_to_tensorboard(tmp_path):
     for event in pruner.events:  # steps 0, 2, 4: every layer at the schedule's sparsity
         for path in paths:
             size = np.size(get_masks(model)[path])
-            expected = 1.0 - kept_count(event["sparsity"], size) / size
+            expected = 1.0 - tfmot_kept(event["sparsity"], size) / size
             assert logged[(f"sparsity/{path}", event["step"])] == pytest.approx(expected)
         assert logged[("sparsity/pruned_layers", event["step"])] == pytest.approx(event["pruned"])
     assert [event["step"] for event in pruner.events] == [0, 2, 4]
@@ -322,7 +330,7 @@ def test_gradual_constant_schedule_prunes_once(tmp_path, dense_run):
                for event in summary["prune_events"])
     masks = load_masks(os.path.join(summary["run_dir"], "finetune", "mask.npz"))
     for mask in masks.values():
-        assert mask.sum() == kept_count(0.5, mask.size)
+        assert mask.sum() == tfmot_kept(0.5, mask.size)
 
 
 def test_iterative_prunes_the_remaining_weights_each_round(tmp_path, dense_run):
@@ -614,7 +622,9 @@ def test_schedule_values():
     should_prune, sparsity = evaluate_schedule(schedule, 7)
     assert not should_prune and sparsity == pytest.approx(_polynomial(7, 0.0, 0.5, 0, 10))
     constant = pruning_schedule("constant", 0.3, 4, frequency=2)
+    # tfmot's float32 value, which the tfmot count rule rounds as tfmot does.
     assert [evaluate_schedule(constant, step) for step in (3, 4, 5, 6)] == [
-        (False, 0.3), (True, 0.3), (False, 0.3), (True, 0.3)]
+        (False, float(np.float32(0.3))), (True, float(np.float32(0.3))),
+        (False, float(np.float32(0.3))), (True, float(np.float32(0.3)))]
     with pytest.raises(ValueError, match="unknown pruning schedule"):
         pruning_schedule("cubic", 0.5, 0, 10)

@@ -90,7 +90,9 @@ def test_kept_counts_per_layer_follow_the_rates_of_the_remaining_weights():
     masks = {p: np.ones_like(w) for p, w in initial.items()}
     for level in (1, 2, 3):
         rates = {p: {"conv": .1, "dense": .2, "output": .1}[KINDS[p]] for p in masks}
-        expected = {p: int(m.sum()) - int(m.sum() * rates[p] + 1e-9) for p, m in masks.items()}
+        # Zhou et al.'s count: int(remaining x (1 - (1 - rate)) x 100 / 100) pruned.
+        expected = {p: int(m.sum()) - int(int(m.sum()) * ((1 - (1 - rates[p])) * 100.0) / 100)
+                    for p, m in masks.items()}
         new = next_masks(config, KINDS, initial, final, masks, level)
         assert {p: int(m.sum()) for p, m in new.items()} == expected
         for path in new:  # nothing pruned earlier comes back
@@ -105,7 +107,8 @@ def test_kept_count_global_ranks_all_layers_together():
     masks = {p: np.ones_like(w) for p, w in initial.items()}
     new = next_masks(config, KINDS, initial, final, masks, 1)
     total = sum(w.size for w in initial.values())
-    assert sum(int(m.sum()) for m in new.values()) == total - int(np.ceil(total * 0.3))
+    # open_lth: every weight <= sorted[ceil(0.3 x total)] goes, ceil(...) + 1 of them.
+    assert sum(int(m.sum()) for m in new.values()) == total - int(np.ceil(total * 0.3)) - 1
     threshold = min(np.abs(final[p])[new[p] > 0].min() for p in new)
     assert all(np.all(np.abs(final[p])[new[p] == 0] <= threshold) for p in new)
 

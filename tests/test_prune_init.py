@@ -82,6 +82,10 @@ def fast_options(**overrides):
                     kstarts_epochs=1, kstarts_steps=2, kstarts_gradient_batches=2,
                     dissipating_epochs=1, dissipating_fraction=0.1)
     settings.update(overrides)
+    if "count_rule" in settings:  # a TrainConfig field: the binary's whole configuration
+        from tf_supermask.experiments.config import PruneInitConfig
+
+        return PruneInitConfig(**settings)
     return PruneOptions(**settings)
 
 
@@ -122,13 +126,14 @@ def test_synflow_scores_match_path_sums_by_hand():
 def test_iterative_synflow_rescores_the_pruned_network():
     model = hand_net()
     masks = synflow_masks(model, sparsity=0.5, scope="global", iterations=2)
-    # The same iteration in NumPy: density 0.5 ** (1/2) then 0.5, kept entries re-scored.
+    # The same iteration in NumPy: density 0.5 ** (1/2) then 0.5, kept entries re-scored,
+    # Synaptic-Flow's count: int((1 - density) * N) of all N entries pruned each time.
     m1, m2 = np.ones_like(W1), np.ones_like(W2)
     for step in (1, 2):
         a1, a2 = np.abs(W1) * m1, np.abs(W2) * m2
         scores = {"hidden/kernel": a1 * a2.sum(axis=1)[None, :],
                   "out/kernel": a2 * (a1.sum(axis=0) + np.abs(B1))[:, None]}
-        keep = int(round(0.5 ** (step / 2) * 10))
+        keep = 10 - int((1.0 - 0.5 ** (step / 2)) * 10)
         chosen = top_masks(scores, total=keep, eligible={"hidden/kernel": m1 > 0,
                                                          "out/kernel": m2 > 0})
         m1, m2 = chosen["hidden/kernel"], chosen["out/kernel"]
@@ -235,7 +240,8 @@ def test_kstarts_keeps_the_fittest_candidate(sample, fitness):
     assert info["kstarts_chosen"] == int(np.argmax(expected))
     assert len(set(np.round(expected, 12))) == 3  # distinct candidates were measured
     # The winner is the chosen candidate's random mask, set on the rewound model.
-    candidate = random_masks(model, 0.7, "layer", seed=[5, 1, info["kstarts_chosen"]])
+    candidate = random_masks(model, 0.7, "layer", seed=[5, 1, info["kstarts_chosen"]],
+                             rule="nearest")  # Haroon's count (no reference code)
     for path, mask in get_masks(model).items():
         np.testing.assert_array_equal(mask, candidate[path])
         np.testing.assert_array_equal(masks[path], candidate[path])
@@ -331,10 +337,11 @@ def test_dissipating_callback_prunes_during_the_first_epochs(sample):
 
 
 def test_layer_collapse_is_reported_naming_the_layer(sample):
-    # Per layer at 98%, width 0.01 (784-3-1-10): the 3x1 and 1x10 kernels keep
-    # round(0.06) = round(0.2) = 0 weights.
+    # Per layer at 98%, width 0.01 (784-3-1-10), counted round(d x n): the 3x1 and 1x10
+    # kernels keep round(0.06) = round(0.2) = 0 weights. (Synaptic-Flow's own count,
+    # n - int(0.98 n), keeps at least one weight of every layer.)
     model = tiny_model(sample, width=0.01, compile=False)
-    options = fast_options(method="random", sparsity=0.98, scope="layer")
+    options = fast_options(method="random", sparsity=0.98, scope="layer", count_rule="nearest")
     with pytest.warns(LayerCollapseWarning) as record:
         _, info = compute_masks(model, None, options)
     assert info["collapsed_layers"] == ["dense2/kernel", "output/kernel"]
@@ -343,7 +350,7 @@ def test_layer_collapse_is_reported_naming_the_layer(sample):
     assert "dense2/kernel" in messages[0] and "output/kernel" in messages[1]
     with pytest.raises(LayerCollapseError, match="dense2/kernel"):
         compute_masks(model, None, fast_options(method="random", sparsity=0.98, scope="layer",
-                                                collapse="error"))
+                                                collapse="error", count_rule="nearest"))
     # Global magnitude: a layer of tiny weights is pruned away entirely.
     model = tiny_model(sample, compile=False)
     layer = model.get_layer("output")
@@ -390,7 +397,7 @@ def test_shuffled_dissipating_searches_then_rewinds(sample):
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (dict(method="obd"), "unknown pruning-at-initialization method 'obd'"),
+    (dict(method="obd"), "--method must be one of random, .*, got 'obd'"),
     (dict(sparsity=1.0), r"--sparsity .* \[0, 1\)"),
     (dict(sparsity=-0.1), r"--sparsity .* \[0, 1\)"),
     (dict(mask="topk"), "--mask must be fixed"),

@@ -385,3 +385,76 @@ def test_lottery_killed_mid_level_resumes_to_the_same_masks_and_results(tmp_path
         for key in FIGURES:
             assert a.get(key) == b.get(key), (level, key)
     assert json.loads((tmp_path / "killed" / "level_1" / "results.json").read_text())["resumed"]
+
+
+# Controls evaluated on their own weights; criteria under late rewinding -------------------
+
+def _hand_untrained_accuracy(config, level_dir):
+    """The level's mask on the weights it started from (its initial.weights.h5),
+    evaluated by hand on the test set."""
+    from tf_supermask.training import trainer
+
+    dataset, normalization = trainer.load_data(config)
+    model = trainer.create_model(config, dataset, trainer.steps_per_epoch(config, dataset))
+    load_weights(model, os.path.join(level_dir, "checkpoints", "initial.weights.h5"))
+    test_batches = trainer.make_batches(config, dataset, normalization)[2]
+    return trainer.evaluate(model, test_batches)["accuracy"]
+
+
+@pytest.mark.parametrize("control", [dict(reinit="reinit"),
+                                     dict(reinit="constant", keep_signs=True),
+                                     dict(reinit="reshuffle", shuffle_mask=True)])
+def test_controls_are_evaluated_untrained_on_the_weights_they_start_from(tmp_path, control):
+    """Before: the mask was evaluated on the original initial weights, so a control's
+    untrained figure was the ticket's."""
+    config = _tiny(tmp_path / "control", **control)
+    summary = run_lottery(config)
+    level_dir = str(tmp_path / "control" / "level_1")
+    reported = summary["levels"][1]["untrained_test_accuracy"]
+    assert reported == pytest.approx(_hand_untrained_accuracy(config, level_dir), abs=1e-6)
+    # The same mask on the original initial weights (the old figure) scores otherwise.
+    from tf_supermask.models import build_model
+    from tf_supermask.layers import set_masks
+    from tf_supermask.training import trainer
+
+    dataset, normalization = trainer.load_data(config)
+    model = build_model(config.model, dataset.input_shape, dataset.num_classes,
+                        config.mask_options())
+    trainer.compile_model(model, config, 4)
+    load_weights(model, str(tmp_path / "control" / "checkpoints" / "initial.weights.h5"))
+    set_masks(model, load_masks(os.path.join(level_dir, "mask.npz")))
+    old = trainer.evaluate(model, trainer.make_batches(config, dataset, normalization)[2])
+    assert old["accuracy"] != pytest.approx(reported, abs=1e-6)
+
+
+def test_criteria_compare_with_the_rewind_point_under_late_rewinding(tmp_path):
+    """--rewind=step:3: magnitude_increase scores |w_final| - |w_step3| (the weights the
+    level trains from); --criterion_init=init keeps the step-0 comparison."""
+    from tf_supermask.experiments.lottery import kernels, layer_kinds
+    from tf_supermask.models import build_model
+    from tf_supermask.training import trainer
+
+    config = _tiny(tmp_path / "late", rewind="step:3", criterion="magnitude_increase")
+    run_lottery(config)
+    dataset, _ = trainer.load_data(config)
+    model = build_model(config.model, dataset.input_shape, dataset.num_classes,
+                        config.mask_options())
+
+    def kernels_of(path):
+        load_weights(model, str(path))
+        return kernels(model)
+
+    rewind = kernels_of(tmp_path / "late" / "checkpoints" / "rewind.weights.h5")
+    initial = kernels_of(tmp_path / "late" / "checkpoints" / "initial.weights.h5")
+    final = kernels(keras.saving.load_model(tmp_path / "late" / "level_0" / "checkpoints" /
+                                            "final.keras", compile=False))
+    ones = {path: np.ones_like(value) for path, value in initial.items()}
+    kinds = layer_kinds(model)
+    ours = load_masks(str(tmp_path / "late" / "level_1" / "mask.npz"))
+    from_rewind = next_masks(config, kinds, rewind, final, ones, 1)
+    from_init = next_masks(config, kinds, initial, final, ones, 1)
+    for path in ours:
+        np.testing.assert_array_equal(ours[path], from_rewind[path])
+    assert any(not np.array_equal(from_rewind[p], from_init[p]) for p in ours)
+    with pytest.raises(ValueError, match="criterion_init"):
+        _tiny(tmp_path / "bad", criterion_init="start")
