@@ -284,7 +284,8 @@ def run_finetune(config: FinetuneConfig, callbacks=()):
             start = _Start(dense_run, config.prune_scope)
         else:
             gradual = None
-            start = _Start(dense_run, config.prune_scope, config.sparsity, rule=one_shot_rule(config))
+            start = _Start(dense_run, config.prune_scope, config.sparsity,
+                           rule=one_shot_rule(config))
 
         def launch():
             results = train(finetune_train_config(config, run_dir), callbacks=extra,

@@ -108,7 +108,8 @@ class MaskOptions:
             use_bias = train_weights if self.use_bias is None else self.use_bias
         fan_scale = 1.0 if unpruned else fan_scale_for(self.scale_fan, self.k)
         score_init = self.score_init or DEFAULT_SCORE_INIT.get(self.mask, "kaiming_uniform")
-        return dict(mask=mask, k=self.k, count_rule=self.count_rule, rescale=self.rescale and not unpruned,
+        return dict(mask=mask, k=self.k, count_rule=self.count_rule,
+                    rescale=self.rescale and not unpruned,
                     train_weights=train_weights,
                     use_bias=use_bias, eval_sample=self.eval_sample, seed=seed,
                     pruned_values=self.pruned_values and not unpruned,
