@@ -86,6 +86,10 @@ def test_topk_keeps_edge_popups_count_per_layer(k):
     nearest = MaskedDense.from_config({**layer.get_config(), "count_rule": "nearest"})
     nearest.build((None, 1))
     assert float(ops.sum(nearest.get_mask())) == 6
+    assert MaskedDense.from_config(layer.get_config()).count_rule == "hidden_networks"
+    # A layer saved before count rules had names counted round(k n), and still does.
+    old = {key: value for key, value in layer.get_config().items() if key != "count_rule"}
+    assert MaskedDense.from_config(old).count_rule == "nearest"
 
 
 def test_topk_keeps_largest_magnitude_scores():

@@ -329,7 +329,8 @@ def load_compact(path):
             f"{path} describes model {name!r}, which this tf_supermask does not register "
             f"(registered: {', '.join(MODELS.names())})")
     try:
-        options = MaskOptions(**header["options"])
+        # Files written before count rules had names counted top-k as round(k n).
+        options = MaskOptions(**{"count_rule": "nearest", **header["options"]})
         model = build_model(name, input_shape, num_classes, load_options(options))
     except (TypeError, ValueError, KeyError) as error:
         raise CompactFormatError(f"{path}: cannot rebuild model {name!r} from the stored "

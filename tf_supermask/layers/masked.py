@@ -68,6 +68,11 @@ class MaskedLayer(keras.layers.Layer):
         self.activation = keras.activations.get(activation)
         self.seed_generator = keras.random.SeedGenerator(seed)
 
+    @classmethod
+    def from_config(cls, config):
+        # Layers saved before count rules had names kept round(k n) top-k weights.
+        return super().from_config({"count_rule": "nearest", **config})
+
     # Subclasses: kernel shape from the input shape, bias size, and the op.
     def kernel_shape(self, input_shape):
         raise NotImplementedError
