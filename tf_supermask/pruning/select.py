@@ -16,10 +16,6 @@ from tf_supermask.files import atomic_file
 MASK_FILE = "mask.npz"
 
 
-def _size(value):
-    return int(np.size(value)) if not isinstance(value, (int, np.integer)) else int(value)
-
-
 def _ranked(score, eligible, tiebreak=None):
     """(flat positions of eligible entries, their scores, their tie-break keys), highest
     score first, ties by the higher key (default: by position)."""

@@ -30,7 +30,6 @@ import keras
 from keras import ops
 
 WEIGHT_DECAY_MODES = ("auto", "l2", "decoupled")
-MOMENTUM_RULES = ("pytorch", "keras")
 
 
 class _L2GradientPenalty:
@@ -277,9 +276,6 @@ def build_optimizer(config, steps_per_epoch):
     decay = config.weight_decay or None
     l2 = bool(decay) and mode == "l2"
     if config.optimizer == "sgd":
-        if config.momentum_rule not in MOMENTUM_RULES:
-            raise ValueError(f"--momentum_rule must be one of {MOMENTUM_RULES}, "
-                             f"got {config.momentum_rule!r}")
         pytorch = config.momentum_rule == "pytorch"
         sgd = {(True, True): L2PyTorchSGD, (True, False): PyTorchSGD,
                (False, True): L2SGD, (False, False): keras.optimizers.SGD}[(pytorch, l2)]
