@@ -47,3 +47,66 @@ def reference_uniforms(seed, size):
     bits = np.where(index % np.uint64(2) == 0, draws >> np.uint64(40),
                     draws & np.uint64(0xFFFFFF))
     return bits.astype(np.float32) * np.float32(2.0 ** -24)
+
+
+# Tiny models, runs and kernels shared by the tests -----------------------------------------
+
+@pytest.fixture(scope="module")
+def sample():
+    """The shipped sample dataset (256 training images) and its normalization statistics."""
+    from tf_supermask.data import load_dataset, normalization_stats
+
+    dataset = load_dataset("sample", train_size=256)
+    return dataset, normalization_stats(dataset)
+
+
+def sample_batches(sample, batch_size=64):
+    """The `sample` fixture's training images in shuffled batches (seed 0), normalized."""
+    from tf_supermask.data import ArrayBatches
+
+    dataset, normalization = sample
+    return ArrayBatches(dataset.x_train, dataset.y_train, batch_size, shuffle=True, seed=0,
+                        normalization=normalization)
+
+
+def tiny_model(sample, seed=0, width=0.05, compile=True, reseed=False):
+    """fc at width 0.05 (784-15-5-10) in the fixed mask mode for the `sample` fixture's
+    images, compiled with Adam(1e-2) and cross-entropy on logits unless `compile` is False.
+    `reseed` first sets Keras's global seed to `seed`, so that two calls give the same
+    weights."""
+    from tf_supermask.models import MaskOptions, build_model
+
+    dataset, _ = sample
+    if reseed:
+        keras.utils.set_random_seed(seed)
+    model = build_model("fc", dataset.input_shape, 10, MaskOptions(mask="fixed", width=width,
+                                                                   seed=seed))
+    if compile:
+        model.compile(optimizer=keras.optimizers.Adam(1e-2),
+                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    return model
+
+
+def tiny_config(config_class, run_subdir=None, **settings):
+    """A factory of quick runs: ``tiny(run_dir, **overrides)`` returns
+    ``config_class(model="fc", dataset="sample", verbose=0, **settings, **overrides)`` that
+    writes to `run_dir` (or to ``run_dir / run_subdir``). Each test file passes the sizes its
+    expectations were worked out for as `settings`."""
+    defaults = {"model": "fc", "dataset": "sample", "verbose": 0, **settings}
+
+    def tiny(run_dir, **overrides):
+        path = run_dir if run_subdir is None else os.path.join(run_dir, run_subdir)
+        return config_class(**{**defaults, "run_dir": str(path), **overrides})
+
+    tiny.settings = defaults
+    return tiny
+
+
+def kernels(model, by="path"):
+    """{kernel variable path, or layer name with ``by="name"``: raw (unmasked) kernel values
+    as a NumPy copy} of every masked layer, nested models included, in order."""
+    from tf_supermask.layers import masked_layers
+
+    return {(layer.kernel_variable.path if by == "path" else layer.name):
+            np.array(keras.ops.convert_to_numpy(layer.kernel_variable))
+            for layer in masked_layers(model)}

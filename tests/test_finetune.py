@@ -13,11 +13,13 @@ import numpy as np
 import pytest
 from absl import flags
 
+from tf_supermask.sparsity import Mask
 from tf_supermask.experiments.comparison import (parse_arms, run_comparison, top_overlap,
                                                  weight_correlation)
 from tf_supermask.config import define_flags, from_flags
-from tf_supermask.experiments.finetune import (FinetuneConfig, finetune_train_config, load_masks,
-                                   load_trained, run_finetune)
+from tf_supermask.experiments.finetune import (FinetuneConfig, finetune_train_config, load_trained, run_finetune)
+from conftest import kernels, tiny_config
+from tf_supermask.counting import kept_count
 from tf_supermask.layers import get_masks, masked_layers
 from tf_supermask.models import MaskOptions, build_model
 from tf_supermask.pruning.gradual import (GradualPruning, magnitude_masks, prune_by_magnitude,
@@ -28,29 +30,15 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FINETUNE_FLAGFILES = sorted(glob.glob(os.path.join(REPO, "flags", "finetune_*.cfg")))
 
 # fc at width 0.05 (784-15-5-10) on 200 sample images, batches of 50: 4 steps per epoch.
-TINY = dict(model="fc", width=0.05, dataset="sample", train_size=200, batch_size=50, epochs=1,
-            lr=0.05, verbose=0)
+tiny = tiny_config(FinetuneConfig, width=0.05, train_size=200, batch_size=50, epochs=1,
+                   lr=0.05)
 
 
-def tiny(run_dir, **overrides):
-    return FinetuneConfig(**{**TINY, "run_dir": str(run_dir), **overrides})
-
-
-def kept_count(fraction_pruned, size):
-    """One-shot and iterative pruning: the nearest count, round((1 - s) * n), half to even
-    (the product to 9 decimals: 0.3 x 75 = 22.500000000000004 counts as 22.5)."""
-    return int(round(round((1.0 - fraction_pruned) * size, 9)))
-
-
-def tfmot_kept(fraction_pruned, size):
-    """Gradual pruning: tfmot's pruning_impl, max(round(float32(n) * (1 - float32(s))), 1)."""
-    value = np.float32(size) * (np.float32(1.0) - np.float32(fraction_pruned))
+def reference_tfmot_kept(sparsity, size):
+    """The reference formula of the gradual-pruning checks, by hand: tfmot's pruning_impl
+    keeps max(round(float32(n) * (1 - float32(s))), 1), rounding half to even."""
+    value = np.float32(size) * (np.float32(1.0) - np.float32(sparsity))
     return max(1, int(np.round(value)))
-
-
-def kernels(model):
-    return {layer.kernel_variable.path: keras.ops.convert_to_numpy(layer.kernel_variable)
-            for layer in masked_layers(model)}
 
 
 @pytest.fixture(scope="module")
@@ -88,8 +76,10 @@ def test_magnitude_masks_per_layer_keep_exactly_the_largest():
     masks = magnitude_masks(model, 0.6, "layer")
     for path, weights in kernels(model).items():
         mask = masks[path]
-        assert mask.sum() == kept_count(0.6, mask.size)
+        assert mask.sum() == kept_count(mask.size, pruned=0.6, rule="nearest")
         assert np.abs(weights[mask > 0]).min() >= np.abs(weights[mask == 0]).max()
+    # By hand: 16-15-5-3 keeps 0.4 x 240, 75, 15.
+    assert [int(mask.sum()) for mask in masks.values()] == [96, 30, 6]
 
 
 def test_magnitude_masks_global_rank_all_layers_together():
@@ -97,7 +87,9 @@ def test_magnitude_masks_global_rank_all_layers_together():
     masks = magnitude_masks(model, 0.6, "global")
     weights = kernels(model)
     total = sum(mask.size for mask in masks.values())
-    assert sum(mask.sum() for mask in masks.values()) == kept_count(0.6, total)
+    assert sum(mask.sum() for mask in masks.values()) == kept_count(total, pruned=0.6,
+                                                                    rule="nearest")
+    assert total == 330 and sum(mask.sum() for mask in masks.values()) == 132  # by hand
     kept = np.concatenate([np.abs(weights[p][masks[p] > 0]) for p in masks])
     pruned = np.concatenate([np.abs(weights[p][masks[p] == 0]) for p in masks])
     assert kept.min() >= pruned.max()
@@ -115,7 +107,8 @@ def test_pruned_weights_never_come_back():
     layer.kernel_variable.assign(np.where(first[path] > 0, kernel, 100.0))
     second = prune_by_magnitude(model, 0.75)
     assert np.all(second[path] <= first[path])
-    assert second[path].sum() == kept_count(0.75, second[path].size)
+    assert second[path].sum() == kept_count(second[path].size, pruned=0.75, rule="nearest")
+    assert second[path].sum() == 60  # by hand: 0.25 x 240
     lower = magnitude_masks(model, 0.25)  # asks for more than is left: the mask stays
     np.testing.assert_array_equal(lower[path], second[path])
 
@@ -171,7 +164,7 @@ def test_gradual_pruning_follows_the_polynomial_schedule():
             previous = recorder.masks[step - 1]
             assert any(not np.array_equal(masks[p], previous[p]) for p in masks), step
             for path, mask in masks.items():
-                assert mask.sum() == tfmot_kept(expected[step], mask.size)
+                assert mask.sum() == reference_tfmot_kept(expected[step], mask.size)
                 assert np.all(mask <= previous[path])  # a subset of the previous mask
                 weights = np.abs(recorder.kernels[step][path])
                 newly_pruned = (previous[path] > 0) & (mask == 0)
@@ -184,7 +177,8 @@ def test_gradual_pruning_follows_the_polynomial_schedule():
             assert all(mask.all() for mask in masks.values())
     final = get_masks(model)
     for mask in final.values():
-        assert mask.sum() == tfmot_kept(0.75, mask.size)
+        assert mask.sum() == reference_tfmot_kept(0.75, mask.size)
+    assert [int(mask.sum()) for mask in final.values()] == [60, 19, 4]  # 0.25 x 15 = 3.75: 4
 
 
 def test_gradual_pruning_writes_per_layer_sparsity_to_tensorboard(tmp_path):
@@ -206,7 +200,7 @@ def test_gradual_pruning_writes_per_layer_sparsity_to_tensorboard(tmp_path):
     for event in pruner.events:  # steps 0, 2, 4: every layer at the schedule's sparsity
         for path in paths:
             size = np.size(get_masks(model)[path])
-            expected = 1.0 - tfmot_kept(event["sparsity"], size) / size
+            expected = 1.0 - reference_tfmot_kept(event["sparsity"], size) / size
             assert logged[(f"sparsity/{path}", event["step"])] == pytest.approx(expected)
         assert logged[("sparsity/pruned_layers", event["step"])] == pytest.approx(event["pruned"])
     assert [event["step"] for event in pruner.events] == [0, 2, 4]
@@ -232,12 +226,15 @@ def test_oneshot_prunes_the_dense_weights_by_magnitude_and_fine_tunes_them(onesh
     dense = load_trained(dense_dir)
     dense_kernels = kernels(dense)
     finetune_dir = os.path.join(run_dir, "finetune")
-    masks = load_masks(os.path.join(finetune_dir, "mask.npz"))
+    masks = Mask.load(os.path.join(finetune_dir, "mask.npz"))
     assert set(masks) == set(dense_kernels) == {"dense1/kernel", "dense2/kernel", "output/kernel"}
     for path, mask in masks.items():
-        assert mask.sum() == kept_count(0.7, mask.size)
+        assert mask.sum() == kept_count(mask.size, pruned=0.7, rule="nearest")
         weights = np.abs(dense_kernels[path])
         assert weights[mask > 0].min() >= weights[mask == 0].max()
+    # By hand: 0.3 x 11760, 75, 50; 0.3 x 75 = 22.5 rounds half to even.
+    assert {path: int(mask.sum()) for path, mask in masks.items()} == {
+        "dense1/kernel": 3528, "dense2/kernel": 22, "output/kernel": 15}
     # Fine-tuning starts from the dense run's final weights (all of them) under that mask.
     initial = _load_initial(config, finetune_dir)
     dense_values = {v.path: keras.ops.convert_to_numpy(v) for v in dense.weights}
@@ -260,7 +257,8 @@ def test_oneshot_prunes_the_dense_weights_by_magnitude_and_fine_tunes_them(onesh
     on_disk = json.load(open(os.path.join(run_dir, "results.json")))
     assert on_disk["prune_method"] == "oneshot" and on_disk["target_sparsity"] == 0.7
     total = sum(mask.size for mask in masks.values())
-    expected = 1 - sum(kept_count(0.7, mask.size) for mask in masks.values()) / total
+    expected = 1 - sum(kept_count(mask.size, pruned=0.7, rule="nearest")
+                       for mask in masks.values()) / total
     assert on_disk["pruned_layers_sparsity"] == pytest.approx(expected)
     assert on_disk["weights_remaining"] == pytest.approx(1 - expected)
     assert 0.0 <= on_disk["test_accuracy"] <= 1.0
@@ -280,10 +278,12 @@ def test_a_finished_experiment_is_not_overwritten(oneshot):
 def test_oneshot_global_scope(tmp_path, dense_run):
     summary = run_finetune(tiny(tmp_path / "global", dense_run=dense_run, sparsity=0.8,
                                 prune_scope="global", finetune_epochs=1))
-    masks = load_masks(os.path.join(summary["run_dir"], "finetune", "mask.npz"))
+    masks = Mask.load(os.path.join(summary["run_dir"], "finetune", "mask.npz"))
     total = sum(mask.size for mask in masks.values())
-    assert sum(mask.sum() for mask in masks.values()) == kept_count(0.8, total)
-    assert summary["pruned_layers_sparsity"] == pytest.approx(1 - kept_count(0.8, total) / total)
+    kept_total = kept_count(total, pruned=0.8, rule="nearest")
+    assert kept_total == 2377  # by hand: 0.2 x 11885
+    assert sum(mask.sum() for mask in masks.values()) == kept_total
+    assert summary["pruned_layers_sparsity"] == pytest.approx(1 - kept_total / total)
     dense_kernels = kernels(load_trained(dense_run))
     kept = np.concatenate([np.abs(dense_kernels[p][masks[p] > 0]) for p in masks])
     pruned = np.concatenate([np.abs(dense_kernels[p][masks[p] == 0]) for p in masks])
@@ -309,9 +309,9 @@ def test_gradual_prunes_at_the_scheduled_steps_to_the_target(tmp_path, dense_run
                if any(not np.array_equal(recorder.masks[step][p], recorder.masks[step - 1][p])
                       for p in recorder.masks[step])]
     assert changed == [1, 3, 5]
-    masks = load_masks(os.path.join(summary["run_dir"], "finetune", "mask.npz"))
+    masks = Mask.load(os.path.join(summary["run_dir"], "finetune", "mask.npz"))
     for path, mask in masks.items():
-        assert mask.sum() == kept_count(0.8, mask.size)
+        assert mask.sum() == kept_count(mask.size, pruned=0.8, rule="nearest")
         np.testing.assert_array_equal(mask, recorder.masks[7][path])
     # It starts from the dense weights with a full mask.
     initial = _load_initial(config, os.path.join(summary["run_dir"], "finetune"))
@@ -328,9 +328,10 @@ def test_gradual_constant_schedule_prunes_once(tmp_path, dense_run):
     assert [event["step"] for event in summary["prune_events"]] == [4, 7]
     assert all(event["pruned"] == summary["pruned_layers_sparsity"]
                for event in summary["prune_events"])
-    masks = load_masks(os.path.join(summary["run_dir"], "finetune", "mask.npz"))
+    masks = Mask.load(os.path.join(summary["run_dir"], "finetune", "mask.npz"))
     for mask in masks.values():
-        assert mask.sum() == tfmot_kept(0.5, mask.size)
+        assert mask.sum() == reference_tfmot_kept(0.5, mask.size)
+    assert [int(mask.sum()) for mask in masks.values()] == [5880, 38, 25]  # by hand
 
 
 def test_iterative_prunes_the_remaining_weights_each_round(tmp_path, dense_run):
@@ -338,12 +339,16 @@ def test_iterative_prunes_the_remaining_weights_each_round(tmp_path, dense_run):
                                 prune_method="iterative", sparsity=0.75, prune_rounds=2,
                                 finetune_epochs=1))
     run_dir = summary["run_dir"]
-    first = load_masks(os.path.join(run_dir, "round_1", "mask.npz"))
-    second = load_masks(os.path.join(run_dir, "round_2", "mask.npz"))
+    first = Mask.load(os.path.join(run_dir, "round_1", "mask.npz"))
+    second = Mask.load(os.path.join(run_dir, "round_2", "mask.npz"))
     for path in first:
-        assert first[path].sum() == kept_count(0.5, first[path].size)  # 1 - (1 - 0.75) ** 0.5
-        assert second[path].sum() == kept_count(0.75, second[path].size)
+        # Round 1 prunes 1 - (1 - 0.75) ** 0.5 = 0.5.
+        assert first[path].sum() == kept_count(first[path].size, pruned=0.5, rule="nearest")
+        assert second[path].sum() == kept_count(second[path].size, pruned=0.75, rule="nearest")
         assert np.all(second[path] <= first[path])
+    # By hand: 0.5 x 11760, 75 (37.5, half to even), 50; then 0.25 x them (18.75, 12.5).
+    assert [int(mask.sum()) for mask in first.values()] == [5880, 38, 25]
+    assert [int(mask.sum()) for mask in second.values()] == [2940, 19, 12]
     # Round 2 starts from round 1's fine-tuned weights as they act (weight x mask, so what
     # round 1 pruned is zero), not from the dense ones.
     config = tiny(run_dir, prune_method="iterative")
@@ -480,9 +485,9 @@ def test_comparison_arms_share_the_mask_and_differ_in_their_start(comparison):
         for arm in ("lottery", "rewind", "finetune"):
             run_dir = os.path.join(experiment, f"sparsity_{sparsity:g}", arm)
             start, masks = _arm_start(config, run_dir)
-            final_masks = load_masks(os.path.join(run_dir, "mask.npz"))
+            final_masks = Mask.load(os.path.join(run_dir, "mask.npz"))
             for path, mask in masks.items():
-                kept = kept_count(sparsity, mask.size)
+                kept = kept_count(mask.size, pruned=sparsity, rule="nearest")
                 assert mask.sum() == kept
                 threshold = np.sort(expected[path].ravel())[-kept]
                 assert np.all(expected[path][mask > 0] >= threshold)

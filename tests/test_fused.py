@@ -122,8 +122,12 @@ def _train(mode, enabled, monkeypatch, steps=4):
 
 @pytest.mark.parametrize("mode", ["topk", "fixed"])
 def test_training_is_bit_identical_with_and_without_the_fused_kernels(monkeypatch, mode):
+    before = fused.uses[mode]
     with_fused = _train(mode, True, monkeypatch)
+    assert fused.uses[mode] > before, "the fused arm did not take the fused path"
+    before = fused.uses[mode]
     without = _train(mode, False, monkeypatch)
+    assert fused.uses[mode] == before, "the keras.ops arm took the fused path"
     for a, b in zip(with_fused, without):
         np.testing.assert_array_equal(a, b)
 
@@ -142,9 +146,13 @@ def test_fixed_mask_product_and_its_gradient():
 
 
 def test_bernoulli_training_is_repeatable_and_the_kernel_is_used(monkeypatch):
+    before = fused.uses["bernoulli"]
     first = _train("bernoulli", True, monkeypatch)
     second = _train("bernoulli", True, monkeypatch)
+    assert fused.uses["bernoulli"] > before  # the fused draw ran
+    before = fused.uses["bernoulli"]
     unfused = _train("bernoulli", False, monkeypatch)
+    assert fused.uses["bernoulli"] == before
     for a, b in zip(first, second):
         np.testing.assert_array_equal(a, b)
     # The draws differ between the two generators, so the scores do too.

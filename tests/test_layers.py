@@ -200,8 +200,9 @@ def test_dense_mode_rejects_a_mask():
 def test_k_outside_unit_interval_is_refused(k):
     with pytest.raises(ValueError, match=r"fraction of weights kept"):
         MaskedDense(3, mask="topk", k=k)
+    # MaskOptions leaves k to the layers it builds (one check on the way from --k).
     with pytest.raises(ValueError, match=r"fraction of weights kept"):
-        MaskOptions(mask="topk", k=k)
+        build_model("fc", (4, 4, 1), 2, MaskOptions(mask="topk", k=k))
 
 
 def test_unknown_mask_mode_lists_the_choices():

@@ -10,12 +10,13 @@ import keras
 import numpy as np
 import pytest
 
+from conftest import tiny_config
+from tf_supermask.sparsity import Mask
 from tf_supermask.layers import MaskedDense, get_masks, masked_layers
 from tf_supermask.pruning.criteria import CRITERIA, criterion_scores
-from tf_supermask.experiments.lottery import (LotteryConfig, kernels, load_masks, load_weights,
+from tf_supermask.experiments.lottery import (LotteryConfig, kernels, load_weights,
                                           next_masks,
                                           pruned_values, reinitialized, run_lottery)
-from tf_supermask.pruning.select import top_masks
 from tf_supermask.tools.report import aggregate, collect, to_markdown, write_report
 from tf_supermask.training.run_dir import RunDirError
 
@@ -28,7 +29,7 @@ W_F = np.array([0.8, -0.1, -0.6, -0.3, 0.05, 0.9])
 
 def kept(name, count, w_i=W_I, w_f=W_F):
     scores = criterion_scores(name, {"w": w_i}, {"w": w_f})
-    return set(np.flatnonzero(top_masks(scores, counts={"w": count})["w"]))
+    return set(np.flatnonzero(Mask.top(scores, counts={"w": count})["w"]))
 
 
 @pytest.mark.parametrize("name, count, expected", [
@@ -183,13 +184,9 @@ def test_rewind_mode_returns_the_rewind_values():
 
 # End-to-end experiments on a tiny fc ------------------------------------------------------
 
-def tiny(run_dir, **overrides):
-    settings = dict(model="fc", width=0.1, dataset="sample", train_size=240, validation_size=60,
-                    batch_size=60, epochs=2, optimizer="adam", lr=2e-3, levels=2, verbose=0,
-                    prune_rate_dense=0.3, prune_rate_output=0.2, strategy="one_device",
-                    run_dir=str(run_dir))
-    settings.update(overrides)
-    return LotteryConfig(**settings)
+tiny = tiny_config(LotteryConfig, width=0.1, train_size=240, validation_size=60, batch_size=60,
+                   epochs=2, optimizer="adam", lr=2e-3, levels=2, prune_rate_dense=0.3,
+                   prune_rate_output=0.2, strategy="one_device")
 
 
 @pytest.fixture(scope="module")
@@ -217,7 +214,7 @@ def test_experiment_layout_and_results(ticket):
         assert 0.0 <= results["untrained_test_accuracy"] <= 1.0
         assert results["early_stop_iteration"] in (4, 8)  # 4 steps per epoch, 2 epochs
         assert (level_dir / "mask.npz").exists() and (level_dir / "tensorboard").exists()
-    masks = [load_masks(str(run_dir / f"level_{level}" / "mask.npz")) for level in range(3)]
+    masks = [Mask.load(str(run_dir / f"level_{level}" / "mask.npz")) for level in range(3)]
     hidden = [m["dense1/kernel"].mean() for m in masks]
     assert hidden == pytest.approx([1.0, 0.7, 0.49], abs=2e-3)
     assert [lv["weights_remaining"] for lv in summary["levels"]] == sorted(
@@ -246,9 +243,9 @@ def test_controls_use_the_tickets_masks(ticket, tmp_path):
     reinit = run_lottery(tiny(tmp_path / "random_reinit", rewind="step:3", reinit="reinit",
                               masks_from=str(run_dir), untrained_eval=False))
     for level in (1, 2):
-        ticket_mask = load_masks(str(run_dir / f"level_{level}" / "mask.npz"))
-        shuffle_mask = load_masks(str(tmp_path / "random_mask" / f"level_{level}" / "mask.npz"))
-        reinit_mask = load_masks(str(tmp_path / "random_reinit" / f"level_{level}" / "mask.npz"))
+        ticket_mask = Mask.load(str(run_dir / f"level_{level}" / "mask.npz"))
+        shuffle_mask = Mask.load(str(tmp_path / "random_mask" / f"level_{level}" / "mask.npz"))
+        reinit_mask = Mask.load(str(tmp_path / "random_reinit" / f"level_{level}" / "mask.npz"))
         for path in ticket_mask:
             np.testing.assert_array_equal(reinit_mask[path], ticket_mask[path])
             assert shuffle_mask[path].sum() == ticket_mask[path].sum()

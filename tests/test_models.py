@@ -6,9 +6,13 @@ from conftest import batch
 from tf_supermask.layers import MASK_MODES, masked_layers
 from tf_supermask.models import MODELS, MaskOptions, build_model
 
-# Dense parameter counts (kernels + biases) worked out by hand from MISSION.md's
-# architectures: CIFAR-10 inputs for the convnets (32x32x3), MNIST for fc.
-# Conv2 and Conv4 match Frankle & Carbin's 4.3M and 2.4M.
+# Dense parameter counts (kernels + biases) worked out by hand from the published layer
+# widths: LeNet-300-100 and Conv-2/4/6 from Frankle & Carbin, "The Lottery Ticket
+# Hypothesis" (arXiv:1803.03635, Figure 2), Conv-8 from Ramanujan et al.'s edge-popup code,
+# https://github.com/allenai/hidden-networks/blob/master/models/frankle.py (3x3 convs in
+# pairs of 64/128/256/512 channels with 2x2 max pools, then 256-256-classes dense).
+# CIFAR-10 inputs for the convnets (32x32x3), MNIST for fc. Conv2 and Conv4 match
+# Frankle & Carbin's 4.3M and 2.4M.
 EXPECTED_DENSE_PARAMS = {"fc": 266_610, "conv2": 4_301_642, "conv4": 2_425_930,
                          "conv6": 2_262_602, "conv8": 5_278_282}
 

@@ -6,6 +6,7 @@ import keras
 import numpy as np
 import pytest
 
+from conftest import kernels
 from tf_supermask.layers import MaskedConv2D, MaskedDense, masked_layers
 from tf_supermask.models import MaskOptions, build_model
 from tf_supermask.layers.patches import PatchesOptions, kaiming_std, patches_init
@@ -27,11 +28,6 @@ def model_for(name="conv4", mask="topk", width=0.125, seed=0, **kwargs):
     options = MaskOptions(mask=mask, k=0.5, init="signed_kaiming_constant", width=width,
                           seed=seed, **kwargs)
     return build_model(name, (32, 32, 3), 10, options)
-
-
-def kernels(model):
-    return {layer.name: keras.ops.convert_to_numpy(layer.kernel_variable)
-            for layer in masked_layers(model)}
 
 
 def layer_inputs(model, layer, images):
@@ -61,10 +57,10 @@ def assert_filters_are_patches(model, report, images):
 @pytest.mark.parametrize("name", sorted(CONV_COUNTS))
 def test_every_conv_model_keeps_shapes_and_patches_every_conv_layer(name):
     model = model_for(name)
-    before = kernels(model)
+    before = kernels(model, by="name")
     images = smooth_images(72)
     report = patches_init(model, images, PatchesOptions(seed=1, layers=0))
-    after = kernels(model)
+    after = kernels(model, by="name")
     convs = [layer for layer in masked_layers(model) if isinstance(layer, MaskedConv2D)]
     assert len(convs) == CONV_COUNTS[name]
     assert [entry["name"] for entry in report["layers"]] == [layer.name for layer in convs]
@@ -115,7 +111,7 @@ def test_same_seed_same_kernels_other_seed_other_kernels():
     for seed in (3, 3, 4):
         model = model_for("conv4", seed=0)
         patches_init(model, images, PatchesOptions(seed=seed, sign_flip=True, layers=0))
-        results.append(kernels(model))
+        results.append(kernels(model, by="name"))
     for name in results[0]:
         np.testing.assert_array_equal(results[0][name], results[1][name])
     assert not np.allclose(results[0]["conv1_1"], results[2]["conv1_1"])
@@ -134,7 +130,7 @@ def test_each_filter_is_its_source_patch(mask):
 def test_sign_flips_mix_and_dense_analogue():
     images = smooth_images(48)
     model = model_for("conv4")
-    before = kernels(model)
+    before = kernels(model, by="name")
     report = patches_init(model, images, PatchesOptions(seed=5, sign_flip=True, mix=0.5,
                                                         dense=True, layers=0))
     assert_filters_are_patches(model, report, images)
@@ -146,7 +142,7 @@ def test_sign_flips_mix_and_dense_analogue():
     for entry in report["layers"]:
         assert entry["patch_filters"] == round(entry["filters"] * 0.5)
         others = np.setdiff1d(np.arange(entry["filters"]), entry["filter_indices"])
-        kernel = kernels(model)[entry["name"]]
+        kernel = kernels(model, by="name")[entry["name"]]
         np.testing.assert_array_equal(kernel[..., others], before[entry["name"]][..., others])
 
 
@@ -163,12 +159,12 @@ def test_raw_uint8_images_with_normalization_are_patches_of_the_normalised_image
 @pytest.mark.parametrize("layers", [None, 3])
 def test_first_layers_only_leave_later_layers_as_built(layers):
     model = model_for("conv6")
-    before = kernels(model)
+    before = kernels(model, by="name")
     options = PatchesOptions() if layers is None else PatchesOptions(layers=layers)
     report = patches_init(model, smooth_images(40), options)
     expected = ["conv1_1", "conv1_2", "conv2_1"][:layers or 2]  # default: the first block
     assert [entry["name"] for entry in report["layers"]] == expected
-    after = kernels(model)
+    after = kernels(model, by="name")
     for name in ("conv2_1", "conv2_2", "conv3_1", "conv3_2", "dense1"):
         if name not in expected:
             np.testing.assert_array_equal(after[name], before[name])
@@ -206,14 +202,14 @@ def test_zca_whitening_keeps_the_scale_and_is_deterministic():
     for _ in range(2):
         model = model_for("conv2")
         report = patches_init(model, images, PatchesOptions(zca=True, zca_patches=500))
-        runs.append(kernels(model))
+        runs.append(kernels(model, by="name"))
         for entry in report["layers"]:
             assert runs[-1][entry["name"]].std() == pytest.approx(entry["kaiming_std"], rel=0.05)
     np.testing.assert_array_equal(runs[0]["conv1_2"], runs[1]["conv1_2"])
     # whitened filters are no longer the raw patches
     plain = model_for("conv2")
     patches_init(plain, images, PatchesOptions())
-    assert not np.allclose(kernels(plain)["conv1_1"], runs[0]["conv1_1"])
+    assert not np.allclose(kernels(plain, by="name")["conv1_1"], runs[0]["conv1_1"])
 
 
 def test_models_with_branches_use_inputs_from_the_model_input():

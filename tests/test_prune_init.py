@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 from absl import flags
 
+from conftest import sample_batches as batches
+from conftest import tiny_model
 from tf_supermask.config import define_flags, from_flags
-from tf_supermask.data import ArrayBatches, load_dataset, normalization_stats
 from tf_supermask.layers import MaskedDense, get_masks, set_masks
 from tf_supermask.models import MaskOptions, build_model
 from tf_supermask.experiments.prune_init import PruneInitConfig, prune_init
@@ -21,7 +22,8 @@ from tf_supermask.pruning import (PRUNE_METHODS, DissipatingCallback, LayerColla
                                   LayerCollapseWarning, PruneOptions, compute_masks,
                                   dissipating_allowed, dissipating_step, grasp_masks,
                                   grasp_scores, kstarts_fitness, kstarts_masks, random_masks,
-                                  snip_scores, synflow_masks, synflow_scores, top_masks)
+                                  snip_scores, synflow_masks, synflow_scores)
+from tf_supermask.sparsity import Mask
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 METHODS = ["random", "magnitude", "snip", "grasp", "synflow", "kstarts", "dissipating",
@@ -52,29 +54,6 @@ def hand_net(w1=W1, b1=B1, w2=W2, b2=B2):
 def softmax(z):
     e = np.exp(z - z.max(axis=1, keepdims=True))
     return e / e.sum(axis=1, keepdims=True)
-
-
-@pytest.fixture(scope="module")
-def sample():
-    dataset = load_dataset("sample", train_size=256)
-    return dataset, normalization_stats(dataset)
-
-
-def tiny_model(sample, seed=0, width=0.05, compile=True):
-    """fc at width 0.05 (784-15-5-10) in the fixed mask mode."""
-    dataset, _ = sample
-    model = build_model("fc", dataset.input_shape, 10, MaskOptions(mask="fixed", width=width,
-                                                                   seed=seed))
-    if compile:
-        model.compile(optimizer=keras.optimizers.Adam(1e-2),
-                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    return model
-
-
-def batches(sample, batch_size=64):
-    dataset, normalization = sample
-    return ArrayBatches(dataset.x_train, dataset.y_train, batch_size, shuffle=True, seed=0,
-                        normalization=normalization)
 
 
 def fast_options(**overrides):
@@ -134,7 +113,7 @@ def test_iterative_synflow_rescores_the_pruned_network():
         scores = {"hidden/kernel": a1 * a2.sum(axis=1)[None, :],
                   "out/kernel": a2 * (a1.sum(axis=0) + np.abs(B1))[:, None]}
         keep = 10 - int((1.0 - 0.5 ** (step / 2)) * 10)
-        chosen = top_masks(scores, total=keep, eligible={"hidden/kernel": m1 > 0,
+        chosen = Mask.top(scores, total=keep, eligible={"hidden/kernel": m1 > 0,
                                                          "out/kernel": m2 > 0})
         m1, m2 = chosen["hidden/kernel"], chosen["out/kernel"]
     np.testing.assert_array_equal(masks["hidden/kernel"], m1)

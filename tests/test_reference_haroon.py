@@ -14,48 +14,22 @@ import keras
 import numpy as np
 import pytest
 
-from tf_supermask.data import ArrayBatches, load_dataset, normalization_stats
+from conftest import kernels
+from conftest import sample_batches as batches
+from conftest import tiny_model
 from tf_supermask.experiments.prune_init import PruneInitConfig, prune_init
 from tf_supermask.layers import set_masks
-from tf_supermask.models import MaskOptions, build_model
 from tf_supermask.pruning import fraction_for_sparsity, kstarts_masks
 from tf_supermask.pruning.haroon import dissipating_step, relative_change
-from tf_supermask.pruning.saliency import _seed_list, random_masks
+from tf_supermask.pruning.saliency import random_masks
 
 RUN = dict(model="fc", width=0.05, dataset="sample", train_size=256, batch_size=64, verbose=0,
            optimizer="adam", lr=1e-2, strategy="one_device")
 
 
-@pytest.fixture(scope="module")
-def sample():
-    dataset = load_dataset("sample", train_size=256)
-    return dataset, normalization_stats(dataset)
-
-
-def tiny_model(sample):
-    dataset, _ = sample
-    keras.utils.set_random_seed(0)
-    model = build_model("fc", dataset.input_shape, 10, MaskOptions(mask="fixed", width=0.05,
-                                                                   seed=0))
-    model.compile(optimizer=keras.optimizers.Adam(1e-2),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    return model
-
-
-def batches(sample):
-    dataset, normalization = sample
-    return ArrayBatches(dataset.x_train, dataset.y_train, 64, shuffle=True, seed=0,
-                        normalization=normalization)
-
-
 def values(model):
     return [np.array(keras.ops.convert_to_numpy(v)) for v in model.weights
             if "mask" not in v.path]
-
-
-def kernels(model):
-    return {layer.kernel_variable.path: np.array(keras.ops.convert_to_numpy(
-        layer.kernel_variable)) for layer in model.layers if hasattr(layer, "kernel_variable")}
 
 
 class Recorder(keras.callbacks.Callback):
@@ -79,7 +53,7 @@ class Recorder(keras.callbacks.Callback):
 def test_kstarts_continue_leaves_the_winner_as_trained_alone(sample):
     # Default mode: after the choice the model holds exactly what training the
     # winning mask alone for the candidates' epochs gives (weights and optimizer).
-    model = tiny_model(sample)
+    model = tiny_model(sample, reseed=True)
     initial = values(model)
     masks, info = kstarts_masks(model, batches(sample), 0.7, k=3, epochs=1, fitness="both",
                                 seed=4, steps_per_epoch=2, gradient_batches=1)
@@ -88,7 +62,7 @@ def test_kstarts_continue_leaves_the_winner_as_trained_alone(sample):
     continued = values(model)
     assert int(keras.ops.convert_to_numpy(model.optimizer.iterations)) == 2
 
-    twin = tiny_model(sample)
+    twin = tiny_model(sample, reseed=True)
     for old, new in zip(initial, values(twin)):
         np.testing.assert_array_equal(old, new)
     set_masks(twin, masks)
@@ -98,7 +72,7 @@ def test_kstarts_continue_leaves_the_winner_as_trained_alone(sample):
     assert any(not np.allclose(a, b) for a, b in zip(continued, initial))
 
     # rewind (the earlier default): same winner, initial weights and optimizer state.
-    model = tiny_model(sample)
+    model = tiny_model(sample, reseed=True)
     rewound, info_rewind = kstarts_masks(model, batches(sample), 0.7, k=3, epochs=1,
                                          fitness="both", seed=4, steps_per_epoch=2,
                                          gradient_batches=1, mode="rewind")
@@ -250,9 +224,9 @@ def test_kstarts_dissipating_continues_then_dissipates_from_initialization(tmp_p
     # trained after the winner's (fit epoch 1).
     _, _, init = _run(tmp_path, "init", method="random", sparsity=0.0, epochs=1)
     w0 = init.initial
-    model = tiny_model(sample)
+    model = tiny_model(sample, reseed=True)
     winner = random_masks(model, stored["kstarts_sparsity"], "layer",
-                          seed=_seed_list(0) + [1, stored["kstarts_chosen"]])
+                          seed=[0, 1, stored["kstarts_chosen"]])  # K-starts' candidate stream
     epoch, current = record.epochs[0]
     assert epoch == 1
     with np.load(tmp_path / "kd" / "mask.npz") as saved:

@@ -23,11 +23,12 @@ import keras
 import numpy as np
 import pytest
 
-from tf_supermask.experiments.lottery import (LotteryConfig, effective_kernels, load_masks,
-                                              load_weights, next_masks, pruned_values,
+from tf_supermask.sparsity import Mask
+from tf_supermask.experiments.lottery import (LotteryConfig, effective_kernels, load_weights, next_masks, pruned_values,
                                               run_lottery, tiebreak_keys)
 from tf_supermask.training import run_dir as run_dir_lib
 from tf_supermask.training.optim import current_learning_rate
+from conftest import tiny_config
 from test_lottery import tiny
 
 
@@ -71,7 +72,7 @@ def test_same_sign_criteria_match_the_reference_formula(method, seed):
     config = LotteryConfig(criterion=method, prune_rate_dense=rate, seed=seed)
     kinds = {"w": "dense"}
     ours = next_masks(config, kinds, {"w": w_i}, {"w": w_f}, {"w": current}, level=1)["w"]
-    keys = tiebreak_keys({"w": w_i}, config.seed * 1000 + 1)["w"]
+    keys = tiebreak_keys({"w": w_i}, config.seed, 1)["w"]
     expected = reference_same_sign_mask(method, w_i, w_f, current, rate, keys)
     np.testing.assert_array_equal(ours, expected)
     if method == "large_final_same_sign":
@@ -208,9 +209,8 @@ def test_pruned_values_carry_forward_in_numpy():
                                [0, 0, 0.2, 0, 0])
 
 
-def _tiny(run_dir, **overrides):
-    """test_lottery's tiny experiment, one level unless told otherwise."""
-    return tiny(run_dir, **{"levels": 1, **overrides})
+# test_lottery's tiny experiment, one level unless told otherwise.
+_tiny = tiny_config(LotteryConfig, **{**tiny.settings, "levels": 1})
 
 
 def _start_and_final(run_dir, level, config):
@@ -234,7 +234,7 @@ def test_zero_if_shrunk_over_three_levels_keeps_zeroed_weights_zero(tmp_path):
         start, final = _start_and_final(tmp_path / "exp", level, config)
         starts.append(start)
         finals.append(final)
-        masks.append(load_masks(str(tmp_path / "exp" / f"level_{level}" / "mask.npz")))
+        masks.append(Mask.load(str(tmp_path / "exp" / f"level_{level}" / "mask.npz")))
     path = "dense1/kernel"
     zeroed_at_1 = (masks[1][path] == 0) & (starts[1][path] == 0)
     assert zeroed_at_1.sum() > 100  # level 1 zeroed many weights ...
@@ -376,8 +376,8 @@ def test_lottery_killed_mid_level_resumes_to_the_same_masks_and_results(tmp_path
     for level in range(3):
         whole = tmp_path / "whole" / f"level_{level}"
         resumed = tmp_path / "killed" / f"level_{level}"
-        masks_a = load_masks(str(whole / "mask.npz"))
-        masks_b = load_masks(str(resumed / "mask.npz"))
+        masks_a = Mask.load(str(whole / "mask.npz"))
+        masks_b = Mask.load(str(resumed / "mask.npz"))
         for path in masks_a:
             np.testing.assert_array_equal(masks_a[path], masks_b[path])
         a = json.loads((whole / "results.json").read_text())
@@ -422,7 +422,7 @@ def test_controls_are_evaluated_untrained_on_the_weights_they_start_from(tmp_pat
                         config.mask_options())
     trainer.compile_model(model, config, 4)
     load_weights(model, str(tmp_path / "control" / "checkpoints" / "initial.weights.h5"))
-    set_masks(model, load_masks(os.path.join(level_dir, "mask.npz")))
+    set_masks(model, Mask.load(os.path.join(level_dir, "mask.npz")))
     old = trainer.evaluate(model, trainer.make_batches(config, dataset, normalization)[2])
     assert old["accuracy"] != pytest.approx(reported, abs=1e-6)
 
@@ -450,7 +450,7 @@ def test_criteria_compare_with_the_rewind_point_under_late_rewinding(tmp_path):
                                             "final.keras", compile=False))
     ones = {path: np.ones_like(value) for path, value in initial.items()}
     kinds = layer_kinds(model)
-    ours = load_masks(str(tmp_path / "late" / "level_1" / "mask.npz"))
+    ours = Mask.load(str(tmp_path / "late" / "level_1" / "mask.npz"))
     from_rewind = next_masks(config, kinds, rewind, final, ones, 1)
     from_init = next_masks(config, kinds, initial, final, ones, 1)
     for path in ours:

@@ -14,6 +14,7 @@ import keras
 import numpy as np
 import pytest
 
+from conftest import tiny_config
 from tf_supermask.training import TrainConfig, train
 from tf_supermask.training import run_dir as run_dir_lib
 from tf_supermask.training.callbacks import RunBackup
@@ -104,11 +105,9 @@ def test_run_killed_after_a_backup_ends_bit_identical_jax(tmp_path):
     assert_same_run(killed, reference)
 
 
-def tiny(tmp_path, **overrides):
-    settings = dict(model="fc", width=0.1, mask="bernoulli", dataset="sample", train_size=128,
-                    batch_size=64, epochs=2, lr=0.05, verbose=0, run_dir=str(tmp_path / "run"))
-    settings.update(overrides)
-    return TrainConfig(**settings)
+# Runs in tmp_path / "run": fc at width 0.1, Bernoulli masks, 128 sample images.
+tiny = tiny_config(TrainConfig, "run", width=0.1, mask="bernoulli", train_size=128,
+                   batch_size=64, epochs=2, lr=0.05)
 
 
 class Interrupt(Exception):

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from absl import flags
 
+from conftest import tiny_config
 from tf_supermask.config import define_flags, from_flags
 from tf_supermask.training import RunDirError, TrainConfig, train
 from tf_supermask.training.run_dir import RESULTS_FILE
@@ -19,13 +20,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FLAGFILES = sorted(glob.glob(os.path.join(REPO, "flags", "*.cfg")))
 
 
-def tiny(tmp_path, **overrides):
-    """A run of a few seconds: fc at width 0.25 on 512 sample images."""
-    settings = dict(model="fc", width=0.25, mask="topk", k=0.3, init="signed_kaiming_constant",
-                    dataset="sample", train_size=512, batch_size=64, epochs=2, lr=0.1,
-                    verbose=0, run_dir=str(tmp_path / "run"))
-    settings.update(overrides)
-    return TrainConfig(**settings)
+# A run of a few seconds in tmp_path / "run": fc at width 0.25 on 512 sample images.
+tiny = tiny_config(TrainConfig, "run", width=0.25, mask="topk", k=0.3,
+                   init="signed_kaiming_constant", train_size=512, batch_size=64, epochs=2,
+                   lr=0.1)
 
 
 class StopAfterEpoch(keras.callbacks.Callback):

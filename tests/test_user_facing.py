@@ -170,18 +170,16 @@ def test_export_with_default_formats_serves_raw_images_like_the_keras_model(tiny
 # Banner, progress output, best epoch (library level) ---------------------------------------------
 
 def test_banner_shows_weights_remaining_for_a_given_mask():
-    from tf_supermask.training import TrainConfig
-
     model = build_model("fc", (28, 28, 1), 10, MaskOptions(mask="fixed", width=0.1))
     rng = np.random.default_rng(0)
     set_masks(model, {layer.kernel_variable.path: rng.random(layer.kernel_variable.shape) < 0.1
                       for layer in masked_layers(model)})
-    summary = records.mask_summary(TrainConfig(mask="fixed"), model)
+    summary = records.mask_summary("fixed", 0.5, model)
     assert summary.startswith("mask=fixed, ") and "% of weights remaining" in summary
     remaining = float(summary.split(", ")[1].split("%")[0])
     assert remaining == pytest.approx(10, abs=1.5)
     assert " k=" not in summary
-    assert records.mask_summary(TrainConfig(mask="topk", k=0.2), model) == "mask=topk k=0.2"
+    assert records.mask_summary("topk", 0.2, model) == "mask=topk k=0.2"
 
 
 class _Stream:

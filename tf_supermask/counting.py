@@ -74,6 +74,14 @@ def check_rule(rule):
     return rule
 
 
+def check_k(k, name="k"):
+    """Returns k, the fraction of weights KEPT by a top-k layer, as a float; a ValueError
+    naming `name` unless 0 < k <= 1 (where --k enters, and in the public layers)."""
+    if not 0.0 < float(k) <= 1.0:
+        raise ValueError(f"{name} is the fraction of weights kept and must be in (0, 1], got {k}")
+    return float(k)
+
+
 def resolve_rule(rule, default):
     """`rule`, or the method's own `default` when `rule` is "auto" (--count_rule)."""
     return check_rule(default if rule == "auto" else rule)
@@ -112,7 +120,7 @@ def kept_count(size, kept=None, pruned=None, rule="nearest"):
 
 
 def kept_counts(sizes, kept=None, pruned=None, scope="layer", rule="nearest"):
-    """A rate and a scope as counts for ``pruning.select.top_masks``.
+    """A rate and a scope as counts for ``tf_supermask.sparsity.Mask.top``.
 
     Args:
       sizes: {path: entries the rate applies to} (ints, or arrays whose size counts).
@@ -123,7 +131,7 @@ def kept_counts(sizes, kept=None, pruned=None, scope="layer", rule="nearest"):
 
     Returns:
       ``{"counts": {path: kept}}`` for "layer", ``{"total": kept}`` for "global":
-      keyword arguments of ``top_masks``.
+      keyword arguments of ``Mask.top``.
     """
     sizes = {path: int(value) if isinstance(value, (int, np.integer)) else int(np.size(value))
              for path, value in sizes.items()}

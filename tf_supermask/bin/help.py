@@ -3,12 +3,11 @@
 absl's ``--help`` lists the flags of the ``__main__`` module, which for an installed
 console script is the generated wrapper (no flags at all); ``--helpfull`` lists every
 flag of every imported module in one block. Here the binary's module docstring comes
-first, then the flags its configuration declares, grouped as ``TrainConfig``'s
-sections (``tf_supermask.training.config.FLAG_GROUPS``) followed by the fields the
-binary's configuration adds, and the flags its module defines itself.
+first, then the flags its module defines itself, then the flags its configuration
+declares, one section per group of the configuration (its ``GROUPS``, see
+``tf_supermask.training.config.flag_groups``): the binary's own group first.
 """
 
-import dataclasses
 import sys
 import textwrap
 
@@ -37,17 +36,14 @@ def _format_flag(flag):
 
 
 def config_groups(config_class, own_title):
-    """[(title, [field names])] of `config_class`: TrainConfig's groups, then the fields
-    it adds to TrainConfig under `own_title`."""
-    from tf_supermask.training.config import TrainConfig, flag_groups
+    """[(title, [field names])] of `config_class`, one per group of its GROUPS; the
+    binary's own group (title None) comes first, under `own_title`."""
+    from tf_supermask.training.config import flag_groups
 
-    groups = flag_groups()
-    base = {field.name for field in dataclasses.fields(TrainConfig)}
-    own = [field.name for field in dataclasses.fields(config_class) if field.name not in base]
-    if own:
-        # The binary's own flags come first: they are what sets it apart.
-        groups = [(own_title, own)] + list(groups)
-    return groups
+    groups = flag_groups(config_class)
+    # The binary's own flags come first: they are what sets it apart.
+    return ([(own_title, names) for title, names in groups if title is None]
+            + [(title, names) for title, names in groups if title is not None])
 
 
 def help_text(module, config_class=None, flag_values=None):

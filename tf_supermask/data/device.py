@@ -21,6 +21,7 @@ from keras import ops
 from tf_supermask.backend import compiled
 from tf_supermask.data.pipeline import (CROP_PADDING, ArrayBatches, Normalization,
                                         crop_and_flip_draws)
+from tf_supermask import streams
 
 
 def crop_and_flip(images, tops, lefts, flips, padding=CROP_PADDING):
@@ -76,7 +77,7 @@ class DeviceBatches(ArrayBatches):
         tensors = (self.device_x, self.device_y, self.device_scale, self.device_shift)
         if not self.augment:
             return self._plain(*tensors, indices)
-        rng = np.random.default_rng((self.seed, epoch, index))
+        rng = streams.rng("augment", self.seed, epoch, index)
         offsets, flips = crop_and_flip_draws(len(indices), rng)
         tops, lefts = np.divmod(offsets.astype(np.int32), 2 * CROP_PADDING + 1)
         return self._augmented(*tensors, indices, tops, lefts, flips)

@@ -11,6 +11,8 @@ from typing import Optional, Sequence, Tuple, Union
 import keras
 import numpy as np
 
+from tf_supermask import streams
+
 CROP_PADDING = 4  # pixels of zero padding around each image before a random crop
 
 Normalization = Tuple[Union[float, Sequence[float]], Union[float, Sequence[float]]]
@@ -194,7 +196,7 @@ class ArrayBatches(keras.utils.PyDataset):
         indices = self._order(epoch)[index * self.batch_size:(index + 1) * self.batch_size]
         images = self.x[indices]
         if self.augment:
-            rng = np.random.default_rng((self.seed, epoch, index))
+            rng = streams.rng("augment", self.seed, epoch, index)
             images = random_crop_and_flip(images, rng)
         normalized = images.astype(np.float32)
         normalized *= self._scale
@@ -210,7 +212,7 @@ class ArrayBatches(keras.utils.PyDataset):
         cached_epoch, order = self._last_order
         if cached_epoch != epoch:
             if self.shuffle:
-                order = np.random.default_rng((self.seed, epoch)).permutation(len(self.x))
+                order = streams.rng("data_order", self.seed, epoch).permutation(len(self.x))
             else:
                 order = np.arange(len(self.x))
             self._last_order = (epoch, order)  # one assignment: safe to read from any thread

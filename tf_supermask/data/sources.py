@@ -18,7 +18,9 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from tf_supermask.files import atomic_file
+from tf_supermask import choices
 from tf_supermask.registry import Registry
+from tf_supermask import streams
 
 DATA_DIR_ENV_VAR = "TF_SUPERMASK_DATA"
 DEFAULT_DATA_DIR = os.path.join("~", ".cache", "tf_supermask")
@@ -59,7 +61,7 @@ class DatasetSpec:
     class_names: Optional[Tuple[str, ...]] = None
 
 
-DATASETS: Registry = Registry("dataset")
+DATASETS: Registry = Registry("dataset", names=choices.DATASETS)
 for _spec in (
     DatasetSpec("sample", 10, False, (0.2860,), (0.3530,), FASHION_MNIST_CLASS_NAMES),
     DatasetSpec("mnist", 10, False, (0.1307,), (0.3081,),
@@ -71,6 +73,7 @@ for _spec in (
 ):
     DATASETS.register(_spec.name)(_spec)
 del _spec
+DATASETS.check_complete()
 
 
 # Datasets that come as an image folder (no TFDS builder): name -> folder names
@@ -659,7 +662,7 @@ def split_training_set(
         )
     if validation_size == 0 and train_size is None:
         return dataset
-    permutation = np.random.default_rng(seed).permutation(num_train)
+    permutation = streams.rng("validation_split", seed).permutation(num_train)
     validation_indices = np.sort(permutation[:validation_size])
     train_indices = np.sort(permutation[validation_size:][:train_size])
     return dataclasses.replace(

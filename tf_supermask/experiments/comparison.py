@@ -29,6 +29,8 @@ import numpy as np
 
 from tf_supermask.counting import kept_count
 from tf_supermask.experiments.config import parse_arms, parse_sparsities
+from tf_supermask.experiments.stages import (Experiment, SaveWeightsAtStep, assign_trained,
+                                             load_trained, load_weights, trained_values)
 
 
 def rewind_weights_path(dense_run, epoch):
@@ -69,10 +71,8 @@ def weight_correlation(initial, trained, fractions):
 def _dense_values(dense_run, weights_path, dataset):
     """{variable path: value} of a weights file of the dense run, with masked kernels as they
     act (weight x mask); the model is built from the dense run's own flags."""
-    from tf_supermask.training.run_config import run_model_options
-    from tf_supermask.experiments.finetune import trained_values
     from tf_supermask.models import build_model
-    from tf_supermask.experiments.lottery import load_weights
+    from tf_supermask.training.run_config import run_model_options
 
     name, options, _ = run_model_options(dense_run)
     model = build_model(name, dataset.input_shape, dataset.num_classes, options)
@@ -96,7 +96,6 @@ class _ArmStart:
         self.start_path = start_path
 
     def __call__(self, model, train_batches, dataset):
-        from tf_supermask.experiments.finetune import assign_trained
         from tf_supermask.layers import set_masks
         from tf_supermask.pruning.gradual import prune_by_magnitude, pruned_fraction
 
@@ -113,24 +112,32 @@ class _ArmStart:
 def run_comparison(config, callbacks=()):
     """Runs (or resumes) the comparison of a FinetuneConfig with --compare set.
 
+    Stages: ``dense`` (unless --dense_run), then ``sparsity_<s>/<arm>`` for every
+    sparsity and arm, each a tf-supermask-train run directory with its ``mask.npz``.
+
     Returns:
-      The summary also written to ``<run_dir>/results.json``, with ``run_dir``.
+      The summary also written to ``<run_dir>/results.json`` (every arm's accuracy, the
+      weight correlations), with ``run_dir``.
+
+    Example (the three arms of a narrow fc at two sparsities on the shipped sample)::
+
+      from tf_supermask.experiments.config import FinetuneConfig
+      summary = run_comparison(FinetuneConfig(dataset="sample", width=0.1, epochs=3,
+                                              compare="lottery,rewind,finetune",
+                                              sparsities="0.5,0.8", finetune_epochs=1))
+      [(arm["arm"], arm["sparsity"], arm["test_accuracy"]) for arm in summary["arms"]]
     """
-    from tf_supermask.config import to_flagfile
-    from tf_supermask.experiments.finetune import (DENSE_DIR, _finetune_run, check_dense_run,
-                                       default_finetune_dir, finetune_train_config, load_trained,
-                                       one_shot_rule, train_dense, trained_values)
+    from tf_supermask.experiments.finetune import (DENSE_DIR, check_dense_run, dense_stage,
+                                                   default_finetune_dir, finetune_train_config,
+                                                   one_shot_rule, pruned_stage)
     from tf_supermask.layers import masked_layers
-    from tf_supermask.experiments.lottery import SaveWeightsAtStep
-    from tf_supermask.training import run_dir as run_dir_lib
-    from tf_supermask.training.config import RUN_CONTROL_FIELDS
-    from tf_supermask.training.trainer import (INITIAL_WEIGHTS, load_data, steps_per_epoch,
-                                               train)
+    from tf_supermask.training.trainer import INITIAL_WEIGHTS
 
     arms, sparsities = parse_arms(config.compare), parse_sparsities(config.sparsities)
-    experiment = config.run_dir or default_finetune_dir(config).replace("finetune_", "compare_", 1)
-    dataset, _ = load_data(config)  # fails before anything is written
-    steps = steps_per_epoch(config, dataset)
+    experiment = Experiment(config, config.run_dir or default_finetune_dir(config, kind="compare"),
+                            callbacks)
+    dataset = experiment.data[0]  # fails before anything is written
+    rewind_step = config.rewind_arm_point().step(experiment.steps_per_epoch())
     dense_run = config.dense_run
     if dense_run:
         dense_results = check_dense_run(config, dense_run)
@@ -141,54 +148,49 @@ def run_comparison(config, callbacks=()):
                              f"({rewind_weights_path(dense_run, config.rewind_epoch)}), saved "
                              "only when the comparison trains its dense run: leave --dense_run "
                              "empty or drop the rewind arm")
-    run_dir_lib.prepare(experiment, to_flagfile(config), config.overwrite,
-                        ignore=RUN_CONTROL_FIELDS)
-    if not dense_run:
-        extra = list(callbacks)
-        if "rewind" in arms:
-            extra.append(SaveWeightsAtStep(
-                rewind_weights_path(os.path.join(experiment, DENSE_DIR), config.rewind_epoch),
-                config.rewind_epoch * steps))
-        dense_run, dense_results = train_dense(config, experiment, extra)
-    # The dense run's weights, each loaded once: trained, initial, after --rewind_epoch.
-    trained_model = load_trained(dense_run)
-    trained = trained_values(trained_model)
-    start_paths = {"lottery": os.path.join(dense_run, INITIAL_WEIGHTS),
-                   "rewind": rewind_weights_path(dense_run, config.rewind_epoch)}
-    starts = {arm: _dense_values(dense_run, path, dataset) for arm, path in start_paths.items()
-              if arm in arms or arm == "lottery"}  # the initial weights: also the correlation
+    with experiment:
+        if not dense_run:
+            extra = []
+            if "rewind" in arms:
+                extra.append(SaveWeightsAtStep(
+                    rewind_weights_path(experiment.path(DENSE_DIR), config.rewind_epoch),
+                    rewind_step))
+            dense_run, dense_results = dense_stage(config, experiment, extra)
+        # The dense run's weights, each loaded once: trained, initial, after --rewind_epoch.
+        trained_model = load_trained(dense_run)
+        trained = trained_values(trained_model)
+        start_paths = {"lottery": os.path.join(dense_run, INITIAL_WEIGHTS),
+                       "rewind": rewind_weights_path(dense_run, config.rewind_epoch)}
+        starts = {arm: _dense_values(dense_run, path, dataset)
+                  for arm, path in start_paths.items()
+                  if arm in arms or arm == "lottery"}  # the initial weights: also the correlation
 
-    points = []
-    for sparsity in sparsities:
-        for arm in arms:
-            run_dir = os.path.join(experiment, f"sparsity_{sparsity:g}", arm)
-            start = _ArmStart(config.prune_scope, arm, sparsity, trained, starts.get(arm),
-                              start_paths.get(arm), one_shot_rule(config))
-            results, _ = _finetune_run(
-                run_dir, lambda: train(finetune_train_config(config, run_dir),
-                                       callbacks=callbacks, prepare=start))
-            points.append({"arm": arm, "sparsity": sparsity, "run_dir": os.path.relpath(
-                               run_dir, experiment),
-                           "test_accuracy": results["test_accuracy"],
-                           "weights_remaining": results["weights_remaining"],
-                           "pruned_layers_sparsity": results["pruned_layers_sparsity"]})
-            if config.verbose:
-                print(f"sparsity {sparsity:g}, {arm}: test accuracy "
-                      f"{results['test_accuracy']:.4f}")
+        points = []
+        for sparsity in sparsities:
+            for arm in arms:
+                name = os.path.join(f"sparsity_{sparsity:g}", arm)
+                start = _ArmStart(config.prune_scope, arm, sparsity, trained, starts.get(arm),
+                                  start_paths.get(arm), one_shot_rule(config))
+                results, _ = pruned_stage(experiment, name, finetune_train_config(config), start)
+                points.append({"arm": arm, "sparsity": sparsity, "run_dir": name,
+                               "test_accuracy": results["test_accuracy"],
+                               "weights_remaining": results["weights_remaining"],
+                               "pruned_layers_sparsity": results["pruned_layers_sparsity"]})
+                if config.verbose:
+                    print(f"sparsity {sparsity:g}, {arm}: test accuracy "
+                          f"{results['test_accuracy']:.4f}")
 
-    # Correlation of each kernel between initialization and the end of pretraining.
-    paths = [layer.kernel_variable.path for layer in masked_layers(trained_model)]
-    correlation = weight_correlation({path: starts["lottery"][path] for path in paths},
-                                     {path: trained[path] for path in paths},
-                                     [1.0 - s for s in sparsities])
-    summary = {"experiment": "comparison", "arms": points, "dense_run": dense_run,
-               "dense_test_accuracy": dense_results["test_accuracy"],
-               "pretraining_lr": config.lr, "retraining_epochs": config.finetune_epochs,
-               "rewind_epoch": config.rewind_epoch if "rewind" in arms else None,
-               "weight_correlation": correlation}
-    run_dir_lib.write_json(os.path.join(experiment, run_dir_lib.RESULTS_FILE), summary)
-    summary["run_dir"] = experiment
-    return summary
+        # Correlation of each kernel between initialization and the end of pretraining.
+        paths = [layer.kernel_variable.path for layer in masked_layers(trained_model)]
+        correlation = weight_correlation({path: starts["lottery"][path] for path in paths},
+                                         {path: trained[path] for path in paths},
+                                         [1.0 - s for s in sparsities])
+        return experiment.write_summary({
+            "experiment": "comparison", "arms": points, "dense_run": dense_run,
+            "dense_test_accuracy": dense_results["test_accuracy"],
+            "pretraining_lr": config.lr, "retraining_epochs": config.finetune_epochs,
+            "rewind_epoch": config.rewind_epoch if "rewind" in arms else None,
+            "weight_correlation": correlation})
 
 
 run = run_comparison  # every experiment driver has run(config)

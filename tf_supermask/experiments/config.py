@@ -8,9 +8,11 @@ the library (criteria, methods, strategies) is imported when it is checked.
 """
 
 import dataclasses
-import re
 
-from tf_supermask.config import option
+from tf_supermask import choices
+from tf_supermask.choices import ARMS, FINETUNE_METHODS, PRUNED_WEIGHTS, REINITS  # noqa: F401
+from tf_supermask.config import ConfigGroup, option
+from tf_supermask.points import TrainingPoint
 from tf_supermask.pruning.options import GRADUAL_SCHEDULES, SCOPES, PruneOptions
 from tf_supermask.training.config import TrainConfig
 
@@ -26,19 +28,17 @@ def _check_weights_binary(config, binary, what):
 
 # tf-supermask-lottery --------------------------------------------------------------
 
-PRUNED_WEIGHTS = ("zero", "init", "zero_if_shrunk")
 # Model-name prefixes whose output layer global pruning prunes (prunes_output).
 GLOBAL_PRUNES_OUTPUT_MODELS = ("resnet", "mobilenet")
-REINITS = ("rewind", "reinit", "reshuffle", "constant")
 
 
 @dataclasses.dataclass
-class LotteryConfig(TrainConfig):
-    """A lottery-ticket experiment: TrainConfig's fields plus the pruning procedure."""
+class LotteryOptions(ConfigGroup):
+    """tf-supermask-lottery's own flags: the pruning procedure."""
 
     levels: int = option(10, "Pruning levels after the dense level 0.")
     prune_scope: str = option("layer", "layer: per-layer rates by layer kind; global: one rate "
-                              "over all masked weights ranked together.", ("layer", "global"))
+                              "over all masked weights ranked together.", SCOPES)
     prune_rate_conv: float = option(0.1, "Fraction of a conv layer's remaining weights pruned "
                                     "per level (--prune_scope=layer).")
     prune_rate_dense: float = option(0.2, "Same for hidden dense layers.")
@@ -87,20 +87,28 @@ class LotteryConfig(TrainConfig):
                                  "the final ones (magnitude_increase, movement, large_init, ...) "
                                  "under late rewinding: rewind (the weights at --rewind, which "
                                  "the level trains from), init (the weights at step 0). Same "
-                                 "thing for --rewind=init.", ("rewind", "init"))
+                                 "thing for --rewind=init.", choices.CRITERION_INIT)
 
-    def __post_init__(self):
-        super().__post_init__()
-        from tf_supermask.pruning.criteria import CRITERIA
-
-        _check_weights_binary(self, "tf-supermask-lottery", "trains weights under fixed masks")
+    def validate(self):
         if self.levels < 0:
             raise ValueError(f"--levels must be at least 0, got {self.levels}")
         for name in ("prune_rate_conv", "prune_rate_dense", "prune_rate_output", "prune_rate"):
             value = getattr(self, name)
             if not 0.0 <= value < 1.0:
                 raise ValueError(f"--{name} must be in [0, 1), got {value}")
-        CRITERIA.get(self.criterion)  # a ValueError naming the criteria
+        choices.check_choice("mask criterion", self.criterion, choices.CRITERIA)
+
+
+@dataclasses.dataclass
+class LotteryConfig(LotteryOptions, TrainConfig):
+    """A lottery-ticket experiment: TrainConfig's groups plus the pruning procedure."""
+
+    GROUPS = TrainConfig.GROUPS + (LotteryOptions,)
+    validate = TrainConfig.validate
+
+    def __post_init__(self):
+        super().__post_init__()
+        _check_weights_binary(self, "tf-supermask-lottery", "trains weights under fixed masks")
         self.rewind_point()
 
     def prunes_output(self):
@@ -117,20 +125,14 @@ class LotteryConfig(TrainConfig):
         return self.prune_output_layer == "true"
 
     def rewind_point(self):
-        """("init", 0), ("epoch", N) or ("step", N), after checking N is inside training."""
-        match = re.fullmatch(r"(init)|(epoch|step):(\d+)", self.rewind.strip())
-        if not match:
-            raise ValueError(f"--rewind must be init, epoch:N or step:N, got {self.rewind!r}")
-        if match.group(1):
-            return "init", 0
-        unit, value = match.group(2), int(match.group(3))
-        if unit == "epoch" and value > self.epochs:
-            raise ValueError(f"--rewind={self.rewind} is past the end of training "
-                             f"(--epochs={self.epochs})")
-        if unit == "step" and self.steps_per_epoch and value > self.epochs * self.steps_per_epoch:
-            raise ValueError(f"--rewind={self.rewind} is past the end of training "
-                             f"({self.epochs} epochs x {self.steps_per_epoch} steps)")
-        return unit, value
+        """The TrainingPoint of --rewind ("init" is step 0), after checking that it lies
+        inside training."""
+        point = TrainingPoint.parse(self.rewind, "--rewind")
+        if point.past(self.epochs, self.steps_per_epoch):
+            where = (f"--epochs={self.epochs}" if point.unit == "epoch" else
+                     f"{self.epochs} epochs x {self.steps_per_epoch} steps")
+            raise ValueError(f"--rewind={self.rewind} is past the end of training ({where})")
+        return point
 
     def mask_options(self):
         options = super().mask_options()
@@ -140,8 +142,6 @@ class LotteryConfig(TrainConfig):
 
 # tf-supermask-finetune -------------------------------------------------------------
 
-FINETUNE_METHODS = ("oneshot", "iterative", "gradual")
-ARMS = ("lottery", "rewind", "finetune")
 
 
 def parse_arms(text):
@@ -166,9 +166,8 @@ def parse_sparsities(text):
 
 
 @dataclasses.dataclass
-class FinetuneConfig(TrainConfig):
-    """A pruning-and-fine-tuning experiment: TrainConfig's fields (which also train the dense
-    run when there is none) plus the pruning procedure."""
+class FinetuneOptions(ConfigGroup):
+    """tf-supermask-finetune's own flags: the pruning procedure."""
 
     dense_run: str = option("", "A finished tf-supermask-train run directory (mask dense or "
                             "fixed) whose final weights are pruned and fine-tuned. Empty: "
@@ -177,7 +176,8 @@ class FinetuneConfig(TrainConfig):
     prune_method: str = option("oneshot", "oneshot: prune once to --sparsity, then fine-tune; "
                                "iterative: --prune_rounds rounds of pruning part of the "
                                "remaining weights and fine-tuning; gradual: prune during "
-                               "fine-tuning on a tfmot schedule (Zhu & Gupta).", FINETUNE_METHODS)
+                               "fine-tuning on a tfmot schedule (Zhu & Gupta).",
+                               choices.FINETUNE_METHODS)
     sparsity: float = option(0.9, "Final fraction of the pruned layers' weights that is PRUNED "
                              "(weights remaining = 1 - sparsity), in [0, 1).")
     prune_scope: str = option("layer", "layer: every pruned layer keeps the same fraction of "
@@ -214,9 +214,7 @@ class FinetuneConfig(TrainConfig):
                              "pruned).")
     rewind_epoch: int = option(1, "--compare: epoch of the dense run the rewind arm starts from.")
 
-    def __post_init__(self):
-        super().__post_init__()
-        _check_weights_binary(self, "tf-supermask-finetune", "prunes trained weights")
+    def validate(self):
         if not 0.0 <= self.sparsity < 1.0:
             raise ValueError(f"--sparsity is the fraction pruned and must be in [0, 1), got "
                              f"{self.sparsity}")
@@ -238,6 +236,21 @@ class FinetuneConfig(TrainConfig):
             if self.prune_method != "oneshot":
                 raise ValueError(f"--compare prunes in one shot; --prune_method must be oneshot, "
                                  f"got {self.prune_method!r}")
+            parse_arms(self.compare)
+
+
+@dataclasses.dataclass
+class FinetuneConfig(FinetuneOptions, TrainConfig):
+    """A pruning-and-fine-tuning experiment: TrainConfig's groups (which also train the dense
+    run when there is none) plus the pruning procedure."""
+
+    GROUPS = TrainConfig.GROUPS + (FinetuneOptions,)
+    validate = TrainConfig.validate
+
+    def __post_init__(self):
+        super().__post_init__()
+        _check_weights_binary(self, "tf-supermask-finetune", "prunes trained weights")
+        if self.compare:
             if "rewind" in parse_arms(self.compare) and not 0 < self.rewind_epoch < self.epochs:
                 raise ValueError(f"--rewind_epoch must be between 1 and --epochs - 1 "
                                  f"({self.epochs - 1}), got {self.rewind_epoch}")
@@ -257,6 +270,20 @@ class FinetuneConfig(TrainConfig):
         comparison = ("sparsities", "rewind_epoch")
         return super().inactive_fields() + (("sparsity",) if self.compare else comparison)
 
+    def schedule_points(self):
+        """(first, last) pruning of the gradual schedule as TrainingPoints of fine-tuning
+        (--begin_step or --begin_epoch, --end_step or --end_epoch); last is None when no
+        end is given (constant: prune until the end)."""
+        begin = (TrainingPoint("step", self.begin_step) if self.begin_step >= 0
+                 else TrainingPoint("epoch", self.begin_epoch))
+        if self.end_step >= 0:
+            return begin, TrainingPoint("step", self.end_step)
+        return begin, TrainingPoint("epoch", self.end_epoch) if self.end_epoch > 0 else None
+
+    def rewind_arm_point(self):
+        """--compare's rewind arm starts from the dense run at this TrainingPoint."""
+        return TrainingPoint("epoch", self.rewind_epoch)
+
     def schedule_steps(self, steps_per_epoch):
         """(begin, end) optimizer steps of the first and last pruning of the gradual schedule.
 
@@ -268,13 +295,9 @@ class FinetuneConfig(TrainConfig):
           ValueError: the steps do not fit in fine-tuning or span no pruning.
         """
         total = self.finetune_epochs * steps_per_epoch
-        begin = self.begin_step if self.begin_step >= 0 else self.begin_epoch * steps_per_epoch
-        if self.end_step >= 0:
-            end = self.end_step
-        elif self.end_epoch > 0:
-            end = self.end_epoch * steps_per_epoch
-        else:
-            end = -1
+        begin, end = self.schedule_points()
+        begin = begin.step(steps_per_epoch)
+        end = -1 if end is None else end.step(steps_per_epoch)
         if begin >= total:
             raise ValueError(f"gradual pruning would begin at step {begin}, after fine-tuning "
                              f"ends ({total} steps: {self.finetune_epochs} epochs x "
@@ -309,10 +332,13 @@ class PruneInitConfig(PruneOptions, TrainConfig):
     default to that and other values are refused.
     """
 
+    GROUPS = TrainConfig.GROUPS + (PruneOptions,)
+    validate = TrainConfig.validate
+
     mask: str = option("fixed", "Mask mode; pruning at initialization trains weights under a "
                        "fixed mask.", ("fixed",))
     train_weights: str = option("true", "Whether kernels train (must be true or auto here).",
-                                ("auto", "true", "false"))
+                                choices.AUTO_TRUE_FALSE)
 
     def __post_init__(self):
         if self.mask != "fixed":
@@ -326,7 +352,6 @@ class PruneInitConfig(PruneOptions, TrainConfig):
         from tf_supermask.training.distribute import single_worker_only
 
         single_worker_only(self.strategy, "tf-supermask-prune-init")
-        self.validate_options()
         method = PRUNE_METHODS.get(self.method)
         if self.mask_file:
             return

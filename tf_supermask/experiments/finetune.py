@@ -22,91 +22,36 @@ first conv of the VGG, ResNet and MobileNet-v2 models stays dense, as in Liu et
 al. ``--sparsity`` is the fraction of those layers' weights PRUNED.
 """
 
-import dataclasses
 import os
 
-import keras
-import numpy as np
-
-from tf_supermask.config import config_hash, to_flagfile
+from tf_supermask.config import to_flagfile
 from tf_supermask.counting import resolve_rule
 from tf_supermask.experiments.config import FinetuneConfig
-from tf_supermask.layers import get_masks, masked_layers, set_masks
+from tf_supermask.experiments.stages import (Experiment, assign_trained, load_trained,  # noqa: F401
+                                             record_mask, train_config, trained_values)
+from tf_supermask.layers import set_masks
 from tf_supermask.pruning.gradual import (GradualPruning, prune_by_magnitude, pruned_fraction,
                                           pruning_schedule)
-from tf_supermask.pruning.select import MASK_FILE, load_masks, save_masks
+from tf_supermask.sparsity import MASK_FILE, Mask
 from tf_supermask.training import run_dir as run_dir_lib
-from tf_supermask.training.config import RUN_CONTROL_FIELDS, TrainConfig
+from tf_supermask.training.run_dir import dataset_stem, default_run_dir
 
 DENSE_DIR = "dense"
 # Flags of a dense run that must agree with the fine-tuning flags (they shape the network).
 ARCHITECTURE_FLAGS = ("model", "width", "batchnorm", "dataset")
-# Variables that come from the pruning, not from the trained run.
-_NOT_COPIED = ("mask", "pruned_values", "scores", "seed_generator_state")
 
 
+def default_finetune_dir(config, root="runs", kind="finetune"):
+    """runs/<kind>_<model>_<method>_<dataset>_<hash of the non-default flags>."""
+    return default_run_dir(config, kind, config.model, config.prune_method, dataset_stem(config),
+                           root=root)
 
 
-def default_finetune_dir(config, root="runs"):
-    """runs/finetune_<model>_<method>_<dataset>_<hash of the non-default flags>."""
-    dataset = os.path.splitext(os.path.basename(config.dataset))[0]
-    return os.path.join(root, f"finetune_{config.model}_{config.prune_method}_{dataset}_"
-                              f"{config_hash(config, RUN_CONTROL_FIELDS)}")
-
-
-def train_config(config, **changes):
-    """The TrainConfig made of `config`'s training fields, with `changes`."""
-    values = {field.name: getattr(config, field.name) for field in dataclasses.fields(TrainConfig)}
-    values.update(changes)
-    return TrainConfig(**values)
-
-
-def finetune_train_config(config, run_dir):
-    """The training flags of a fine-tuning run."""
+def finetune_train_config(config, run_dir=""):
+    """The training flags of a fine-tuning run (mask fixed, --finetune_epochs at
+    --finetune_lr); `run_dir` is set by ``Experiment.stage`` when left empty."""
     return train_config(config, mask="fixed", train_weights="auto", epochs=config.finetune_epochs,
                         lr=config.finetune_lr or config.lr, run_dir=run_dir, overwrite=False)
-
-
-# Weights ----------------------------------------------------------------------------------
-
-def _copied(variable):
-    return variable.path.split("/")[-1] not in _NOT_COPIED
-
-
-def trained_values(model):
-    """{variable path: value} of what fine-tuning starts from: every weight and BatchNorm
-    statistic, with masked kernels as they act (weight x mask)."""
-    values = {variable.path: keras.ops.convert_to_numpy(variable)
-              for variable in model.variables if _copied(variable)}
-    for layer in masked_layers(model):
-        values[layer.kernel_variable.path] = keras.ops.convert_to_numpy(layer.kernel)
-    return values
-
-
-def load_trained(run_dir):
-    """The final model of a finished run directory."""
-    from tf_supermask.training.trainer import FINAL_MODEL
-
-    return keras.saving.load_model(os.path.join(run_dir, FINAL_MODEL), compile=False)
-
-
-def assign_trained(model, values, source="the trained run"):
-    """Copies `values` into `model` by variable path; masks and scores are left alone.
-
-    Raises:
-      ValueError: the two networks do not have the same variables and shapes.
-    """
-    targets = {variable.path: variable for variable in model.variables if _copied(variable)}
-    missing, extra = sorted(set(targets) - set(values)), sorted(set(values) - set(targets))
-    shapes = sorted(path for path in set(targets) & set(values)
-                    if tuple(targets[path].shape) != tuple(np.shape(values[path])))
-    if missing or extra or shapes:
-        raise ValueError(f"{source} does not hold this network's weights: missing {missing}, "
-                         f"unexpected {extra}, other shapes {shapes}")
-    for path, variable in targets.items():
-        variable.assign(values[path])
-
-
 
 
 # The dense run ----------------------------------------------------------------------------
@@ -143,17 +88,12 @@ def check_dense_run(config, dense_run):
     return run_dir_lib.read_json(results_path)
 
 
-def train_dense(config, experiment, callbacks=()):
-    """(run directory, results) of the experiment's own dense run, <experiment>/dense,
+def dense_stage(config, experiment, callbacks=()):
+    """(run directory, results) of the experiment's own dense run, stage ``dense``,
     trained with the experiment's training flags unless it finished earlier."""
-    from tf_supermask.training.trainer import train
-
-    dense_run = os.path.join(experiment, DENSE_DIR)
-    results_path = os.path.join(dense_run, run_dir_lib.RESULTS_FILE)
-    if os.path.exists(results_path):
-        return dense_run, run_dir_lib.read_json(results_path)
-    return dense_run, train(train_config(config, mask="dense", run_dir=dense_run,
-                                         overwrite=False), callbacks=callbacks)
+    results = experiment.stage(DENSE_DIR, train_config(config, mask="dense"), callbacks=callbacks)
+    results.pop("finished_earlier", None)
+    return experiment.path(DENSE_DIR), results
 
 
 # One fine-tuning run ------------------------------------------------------------------------
@@ -165,7 +105,8 @@ def one_shot_rule(config):
 
 
 class _Start:
-    """train()'s prepare hook: the trained weights, the previous mask, then magnitude pruning."""
+    """train()'s prepare hook: the trained weights, the previous mask, then magnitude pruning
+    (one IMP step to `sparsity`, ``pruning.imp``)."""
 
     def __init__(self, source_dir, scope, sparsity=None, previous_masks=None, rule="nearest"):
         self.source_dir = source_dir
@@ -186,71 +127,73 @@ class _Start:
         return {"finetune": info}
 
 
-def _finetune_run(run_dir, launch, **extra):
-    """Runs `launch()` (a train() call) unless `run_dir` finished earlier, then completes the
-    run directory with its final mask (mask.npz) and the pruned layers' sparsity.
+def pruned_stage(experiment, name, config, prepare, callbacks=(), **extra):
+    """(results, final Mask) of a fine-tuning stage: ``Experiment.stage`` with
+    ``record_mask`` as its finish (mask.npz, the pruned layers' sparsity) and `extra`
+    added to its results.json."""
+    def finish(results, model):
+        return dict(record_mask(results, model), **extra)
 
-    Returns:
-      (results, masks) of the run.
-    """
-    results_path = os.path.join(run_dir, run_dir_lib.RESULTS_FILE)
-    mask_path = os.path.join(run_dir, MASK_FILE)
-    if os.path.exists(results_path):
-        results = run_dir_lib.read_json(results_path)
-    else:
-        results = launch()
-        results.pop("run_dir", None)
-    if not os.path.exists(mask_path) or "pruned_layers_sparsity" not in results:
-        masks = get_masks(load_trained(run_dir))
-        results.update(extra, pruned_layers_sparsity=pruned_fraction(masks),
-                       pruned_layers=sorted(masks))
-        run_dir_lib.write_json(results_path, results)
-        save_masks(mask_path, masks)
-    return results, load_masks(mask_path)
-
-
-def _steps_per_epoch(config):
-    from tf_supermask.training.trainer import load_data, steps_per_epoch
-
-    return steps_per_epoch(config, load_data(config)[0])
+    results = experiment.stage(name, config, prepare=prepare, callbacks=callbacks,
+                               finish=finish)
+    results.pop("finished_earlier", None)
+    return results, Mask.load(experiment.path(name, MASK_FILE))
 
 
 def run_finetune(config: FinetuneConfig, callbacks=()):
     """Runs (or resumes) a pruning-and-fine-tuning experiment (with --compare, use
     ``tf_supermask.experiments.comparison.run_comparison``).
 
+    Stages: ``dense`` (unless --dense_run), then ``finetune`` (oneshot, gradual) or
+    ``round_1`` ... ``round_N`` (iterative), each a tf-supermask-train run directory
+    with its final ``mask.npz``.
+
     Args:
       config: the experiment's FinetuneConfig.
       callbacks: extra Keras callbacks for every training run.
 
     Returns:
-      The summary also written to ``<run_dir>/results.json``, with ``run_dir``.
+      The summary also written to ``<run_dir>/results.json`` (test accuracy, the
+      pruned layers' sparsity, every round), with ``run_dir``.
 
     Raises:
       RunDirError: the directory holds a finished experiment or other flags and
         ``config.overwrite`` is False.
       ValueError: bad flags, a --dense_run that is not a finished run of the same
         network, a gradual schedule that does not fit in fine-tuning.
-    """
-    from tf_supermask.training.trainer import train
 
+    Example (one-shot pruning of a narrow fc to 80 % sparsity on the shipped sample)::
+
+      from tf_supermask.experiments.config import FinetuneConfig
+      summary = run_finetune(FinetuneConfig(dataset="sample", width=0.1, epochs=1,
+                                            finetune_epochs=1, sparsity=0.8))
+      summary["test_accuracy"], summary["pruned_layers_sparsity"]
+    """
     if config.compare:
         raise ValueError("--compare runs the equal-budget comparison: call "
                          "tf_supermask.experiments.comparison.run_comparison (the "
                          "tf-supermask-finetune binary chooses it)")
-    experiment = config.run_dir or default_finetune_dir(config)
+    experiment = Experiment(config, config.run_dir or default_finetune_dir(config), callbacks)
     dense_run = config.dense_run
     dense_results = check_dense_run(config, dense_run) if dense_run else None
     steps_per_epoch = begin = end = None
     if config.prune_method == "gradual":  # fails before anything is written
-        steps_per_epoch = _steps_per_epoch(config)
+        steps_per_epoch = experiment.steps_per_epoch()
         begin, end = config.schedule_steps(steps_per_epoch)
-    run_dir_lib.prepare(experiment, to_flagfile(config), config.overwrite,
-                        ignore=RUN_CONTROL_FIELDS)
+    with experiment:
+        if not dense_run:
+            dense_run, dense_results = dense_stage(config, experiment)
+        summary = _prune_and_finetune(config, experiment, dense_run, dense_results,
+                                      steps_per_epoch, begin, end)
+    if config.verbose:
+        print(f"{config.prune_method} pruning to {100 * summary['pruned_layers_sparsity']:.2f}%"
+              f" sparsity: test accuracy {summary['test_accuracy']:.4f} (dense "
+              f"{summary['dense_test_accuracy']:.4f}); results in {experiment.directory}")
+    return summary
 
-    if not dense_run:
-        dense_run, dense_results = train_dense(config, experiment, callbacks)
 
+def _prune_and_finetune(config, experiment, dense_run, dense_results, steps_per_epoch, begin,
+                        end):
     summary = {"experiment": "finetune", "prune_method": config.prune_method,
                "prune_scope": config.prune_scope, "target_sparsity": config.sparsity,
                "dense_run": dense_run, "dense_test_accuracy": dense_results["test_accuracy"]}
@@ -258,22 +201,20 @@ def run_finetune(config: FinetuneConfig, callbacks=()):
     if config.prune_method == "iterative":
         source, masks = dense_run, None
         for index in range(1, config.prune_rounds + 1):
-            run_dir = os.path.join(experiment, f"round_{index}")
+            name = f"round_{index}"
             sparsity = config.round_sparsity(index)
             start = _Start(source, config.prune_scope, sparsity, masks, one_shot_rule(config))
-            results, masks = _finetune_run(
-                run_dir, lambda: train(finetune_train_config(config, run_dir), callbacks=callbacks,
-                                       prepare=start),
-                round_target_sparsity=sparsity)
-            rounds.append((index, run_dir, results))
-            source = run_dir
+            results, masks = pruned_stage(experiment, name, finetune_train_config(config),
+                                          start, round_target_sparsity=sparsity)
+            rounds.append((index, experiment.path(name), results))
+            source = experiment.path(name)
             if config.verbose:
                 print(f"round {index}/{config.prune_rounds}: "
                       f"{100 * results['pruned_layers_sparsity']:.2f}% pruned, test accuracy "
                       f"{results['test_accuracy']:.4f}")
     else:
-        run_dir = os.path.join(experiment, "finetune")
-        extra = list(callbacks)
+        run_dir = experiment.path("finetune")
+        extra, facts = [], {}
         if config.prune_method == "gradual":
             schedule = pruning_schedule(config.schedule, config.sparsity, begin, end,
                                         config.frequency, config.initial_sparsity, config.power)
@@ -282,19 +223,14 @@ def run_finetune(config: FinetuneConfig, callbacks=()):
                                      rule=resolve_rule(config.count_rule, "tfmot"))
             extra.append(gradual)
             start = _Start(dense_run, config.prune_scope)
+            # The steps pruned in this process (all, unless resumed): a list the callback
+            # fills while the stage trains, in results.json when it ends.
+            facts["prune_events"] = gradual.events
         else:
-            gradual = None
             start = _Start(dense_run, config.prune_scope, config.sparsity,
                            rule=one_shot_rule(config))
-
-        def launch():
-            results = train(finetune_train_config(config, run_dir), callbacks=extra,
-                            prepare=start)
-            if gradual is not None:  # the steps pruned in this process (all, unless resumed)
-                results["prune_events"] = gradual.events
-            return results
-
-        results, _ = _finetune_run(run_dir, launch)
+        results, _ = pruned_stage(experiment, "finetune", finetune_train_config(config), start,
+                                  extra, **facts)
         rounds.append((1, run_dir, results))
         if config.prune_method == "gradual":
             summary["schedule"] = {"kind": config.schedule, "begin_step": begin, "end_step": end,
@@ -308,18 +244,12 @@ def run_finetune(config: FinetuneConfig, callbacks=()):
                 "sparsity_per_layer", "pruned_layers_sparsity", "pruned_layers"):
         summary[key] = last[key]
     summary["finetune_epochs_total"] = config.finetune_epochs * len(rounds)
-    summary["rounds"] = [{"round": index, "run_dir": os.path.relpath(path, experiment),
+    summary["rounds"] = [{"round": index, "run_dir": os.path.relpath(path, experiment.directory),
                           "test_accuracy": results["test_accuracy"],
                           "pruned_layers_sparsity": results["pruned_layers_sparsity"],
                           "weights_remaining": results["weights_remaining"]}
                          for index, path, results in rounds]
-    run_dir_lib.write_json(os.path.join(experiment, run_dir_lib.RESULTS_FILE), summary)
-    if config.verbose:
-        print(f"{config.prune_method} pruning to {100 * summary['pruned_layers_sparsity']:.2f}%"
-              f" sparsity: test accuracy {summary['test_accuracy']:.4f} (dense "
-              f"{summary['dense_test_accuracy']:.4f}); results in {experiment}")
-    summary["run_dir"] = experiment
-    return summary
+    return experiment.write_summary(summary)
 
 
 run = run_finetune  # every experiment driver has run(config)

@@ -30,31 +30,29 @@ as a fresh PyTorch optimizer does. This does not depend on
 
 import dataclasses
 import os
-import warnings
 
 import keras
 import numpy as np
 
-from tf_supermask.config import to_flagfile
-from tf_supermask.counting import kept_count, resolve_rule
+from tf_supermask import streams
+from tf_supermask.counting import resolve_rule
 from tf_supermask.experiments.config import LotteryConfig
+from tf_supermask.experiments.stages import Experiment, SaveWeightsAtStep, load_weights
 from tf_supermask.layers import MaskedConv2D, masked_layers, set_masks
 from tf_supermask.pruning.criteria import criterion_scores
-from tf_supermask.pruning.select import (MASK_FILE, collapsed_layers, load_masks, save_masks,
-                                         shuffle_masks, top_masks)
+from tf_supermask.pruning.imp import IterativeMagnitudePruning
+from tf_supermask.sparsity import MASK_FILE, Mask
 from tf_supermask.training import run_dir as run_dir_lib
-from tf_supermask.training.config import RUN_CONTROL_FIELDS
+from tf_supermask.training.run_dir import dataset_stem, default_run_dir
 
 INITIAL = os.path.join("checkpoints", "initial.weights.h5")
 REWIND = os.path.join("checkpoints", "rewind.weights.h5")
 
 
 def default_experiment_dir(config, root="runs"):
-    from tf_supermask.config import config_hash
-
-    dataset = os.path.splitext(os.path.basename(config.dataset))[0]
-    return os.path.join(root, f"lottery_{config.model}_{dataset}_{config.criterion}_"
-                              f"{config_hash(config, RUN_CONTROL_FIELDS)}")
+    """runs/lottery_<model>_<dataset>_<criterion>_<hash of the non-default flags>."""
+    return default_run_dir(config, "lottery", config.model, dataset_stem(config),
+                           config.criterion, root=root)
 
 
 # Weights and masks as {kernel path: numpy array} ------------------------------------------
@@ -68,19 +66,6 @@ def kernels(model):
     """{kernel path: raw kernel values} of the layers that prune."""
     return {layer.kernel_variable.path: keras.ops.convert_to_numpy(layer.kernel_variable)
             for layer in _pruned_layers(model)}
-
-
-def load_weights(model, path):
-    """model.load_weights without the warning about optimizer slots we do not want back.
-
-    Weight files saved during training also hold the optimizer's state. Keras loads it
-    into a built optimizer, and into an unbuilt one whose variables happen to match in
-    number (an SGD without momentum has only its step count): a level resets the
-    optimizer afterwards (``reset_optimizer``).
-    """
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
-        model.load_weights(path)
 
 
 def effective_kernels(model):
@@ -124,11 +109,11 @@ def layer_kinds(model):
 
 # One pruning step -----------------------------------------------------------------------
 
-def tiebreak_keys(arrays, seed):
+def tiebreak_keys(arrays, seed, level):
     """{path: uniform random keys of that array's shape} that break ties between equal
     scores at random, as Zhou et al.'s ``np.lexsort((np.random.random(n), scores))``
-    does (seeded here)."""
-    rng = np.random.default_rng([seed, 31])
+    does (stream lottery_tiebreak of the run's seed and the level)."""
+    rng = streams.rng("lottery_tiebreak", seed, level)
     return {path: rng.random(np.shape(arrays[path])) for path in sorted(arrays)}
 
 
@@ -150,31 +135,24 @@ def next_masks(config, kinds, initial, final, previous, level):
     frozen = set() if config.prunes_output() else {
         path for path in eligible if kinds[path] == "output"}
     prunable = {path: keep for path, keep in eligible.items() if path not in frozen}
-    seed = config.seed * 1000 + level
+    seed = streams.seed("lottery_level", config.seed, level)
     scores = criterion_scores(config.criterion, {p: initial[p] for p in prunable},
                               {p: final[p] for p in prunable}, seed=seed, eligible=prunable)
-    tiebreak = tiebreak_keys(scores, seed)
+    tiebreak = tiebreak_keys(scores, config.seed, level)
     if config.prune_scope == "global":
         # open_lth (sparse_global): the count comes from every remaining weight, the
         # layers left out included, and is pruned from the prunable layers; its
         # threshold sorted[ceil(rate x remaining)] prunes one more (rule "open_lth").
-        remaining = sum(int(mask.sum()) for mask in eligible.values())
-        kept_all = kept_count(remaining, pruned=config.prune_rate,
-                              rule=resolve_rule(config.count_rule, "open_lth"))
-        available = sum(int(mask.sum()) for mask in prunable.values())
-        masks = top_masks(scores, total=max(0, available - (remaining - kept_all)),
-                          eligible=prunable, tiebreak=tiebreak)
-    else:
-        rates = {"conv": config.prune_rate_conv, "dense": config.prune_rate_dense,
-                 "output": config.prune_rate_output}
-        # Zhou et al. prune int(remaining x (1 - (1 - rate)) x 100 / 100) per layer
-        # (rule "deconstructing": one fewer than the exact count at a 20 % rate).
-        rule = resolve_rule(config.count_rule, "deconstructing")
-        counts = {path: kept_count(int(mask.sum()), kept=1 - rates[kinds[path]], rule=rule)
-                  for path, mask in prunable.items()}
-        masks = top_masks(scores, counts=counts, eligible=prunable, tiebreak=tiebreak)
-    masks.update({path: np.asarray(previous[path], np.float32) for path in frozen})
-    return masks
+        imp = IterativeMagnitudePruning("global", resolve_rule(config.count_rule, "open_lth"))
+        return imp.step(scores, previous, rate=config.prune_rate, frozen=frozen,
+                        tiebreak=tiebreak)
+    rates = {"conv": config.prune_rate_conv, "dense": config.prune_rate_dense,
+             "output": config.prune_rate_output}
+    # Zhou et al. prune int(remaining x (1 - (1 - rate)) x 100 / 100) per layer
+    # (rule "deconstructing": one fewer than the exact count at a 20 % rate).
+    imp = IterativeMagnitudePruning("layer", resolve_rule(config.count_rule, "deconstructing"))
+    return imp.step(scores, previous, rates={path: rates[kinds[path]] for path in prunable},
+                    frozen=frozen, tiebreak=tiebreak)
 
 
 def pruned_values(mode, start, final, masks):
@@ -231,14 +209,14 @@ def reinitialized(mode, rewind, masks, fresh, initial_std, keep_signs, rng):
     return out
 
 
-def fresh_kernels(model, seed):
+def fresh_kernels(model, seed, level):
     """A new draw of every masked kernel from its layer's initializer under another seed."""
     values = {}
     for index, layer in enumerate(_pruned_layers(model)):
         init = layer.kernel_initializer
         config = init.get_config()
         if "seed" in config:
-            config["seed"] = seed * 7919 + index + 1
+            config["seed"] = streams.seed("lottery_fresh", seed, level, index)
             init = type(init).from_config(config)
         values[layer.kernel_variable.path] = keras.ops.convert_to_numpy(
             init(layer.kernel_variable.shape, dtype="float32"))
@@ -246,26 +224,6 @@ def fresh_kernels(model, seed):
 
 
 # Callbacks --------------------------------------------------------------------------------
-
-class SaveWeightsAtStep(keras.callbacks.Callback):
-    """Saves the model's weights once, when the optimizer reaches `step` (late rewinding)."""
-
-    def __init__(self, path, step):
-        super().__init__()
-        self.path = path
-        self.step = int(step)
-        self.done = os.path.exists(path)
-
-    def _save(self):
-        with run_dir_lib.atomic_file(self.path) as temp:
-            self.model.save_weights(temp)
-        self.done = True
-
-    def on_train_batch_end(self, batch, logs=None):
-        if not self.done and int(keras.ops.convert_to_numpy(
-                self.model.optimizer.iterations)) >= self.step:
-            self._save()
-
 
 class LevelKillPoint(keras.callbacks.Callback):
     """Test hook: ``TF_SUPERMASK_KILL_AT=level:<L>:batch:<epoch>:<batch>`` SIGKILLs the
@@ -323,21 +281,34 @@ def early_stop(history, steps_per_epoch, first_epoch=0):
 
 
 def run_lottery(config: LotteryConfig, callbacks=()):
-    """Runs (or resumes) a lottery experiment; returns the summary written to results.json.
+    """Runs (or resumes) a lottery experiment: levels 0..L as stages of one experiment.
+
+    Args:
+      config: the experiment's LotteryConfig.
+      callbacks: extra Keras callbacks given to every level.
+
+    Returns:
+      The summary written to ``<run_dir>/results.json`` (``levels``: each level's
+      weights remaining, test accuracy, untrained accuracy, early-stop epoch; the last
+      level's figures), with ``run_dir``.
 
     Raises:
       RunDirError: the experiment directory holds a finished experiment or other
         flags and ``config.overwrite`` is False.
       ValueError: bad flags, --masks_from without the needed masks, rewind past
         the end of training.
-    """
-    from tf_supermask.training import trainer
 
-    experiment = config.run_dir or default_experiment_dir(config)
-    dataset, normalization = trainer.load_data(config)  # fails before anything is written
-    steps = trainer.steps_per_epoch(config, dataset)
-    unit, point = config.rewind_point()
-    rewind_step = point * steps if unit == "epoch" else point
+    Example (two levels of a narrow fc on the shipped sample, a few seconds)::
+
+      from tf_supermask.experiments.config import LotteryConfig
+      summary = run_lottery(LotteryConfig(dataset="sample", epochs=1, levels=1, width=0.1,
+                                          run_dir="runs/lottery_demo"))
+      [level["test_accuracy"] for level in summary["levels"]]
+    """
+    experiment = Experiment(config, config.run_dir or default_experiment_dir(config),
+                            callbacks)
+    steps = experiment.steps_per_epoch()  # the data load fails before anything is written
+    rewind_step = config.rewind_point().step(steps)
     if rewind_step > config.epochs * steps:
         raise ValueError(f"--rewind={config.rewind} is past the end of training "
                          f"({config.epochs} epochs x {steps} steps)")
@@ -347,48 +318,39 @@ def run_lottery(config: LotteryConfig, callbacks=()):
             if not os.path.exists(path):
                 raise ValueError(f"--masks_from={config.masks_from} has no mask for level "
                                  f"{level} ({path}); run that experiment first")
-    run_dir_lib.prepare(experiment, to_flagfile(config), config.overwrite,
-                        ignore=RUN_CONTROL_FIELDS)
-    try:
-        return _run_levels(config, experiment, dataset, normalization, steps, rewind_step,
-                           callbacks)
-    finally:
-        run_dir_lib.release(experiment)
+    with experiment:
+        return _run_levels(config, experiment, steps, rewind_step)
 
 
-def _run_levels(config, experiment, dataset, normalization, steps, rewind_step, callbacks):
+def _run_levels(config, experiment, steps, rewind_step):
     from tf_supermask.training import trainer
 
-    initial_path = os.path.join(experiment, INITIAL)
-    rewind_path = initial_path if rewind_step == 0 else os.path.join(experiment, REWIND)
-    test_batches = trainer.make_batches(config, dataset, normalization)[2]
+    initial_path = experiment.path(INITIAL)
+    rewind_path = initial_path if rewind_step == 0 else experiment.path(REWIND)
+    test_batches = trainer.make_batches(config, *experiment.data)[2]
     summary = []
     for level in range(config.levels + 1):
-        level_dir = os.path.join(experiment, f"level_{level}")
-        results_path = _level_results_path(experiment, level)
-        if os.path.exists(results_path):
-            summary.append(run_dir_lib.read_json(results_path))
-            if config.verbose:
-                print(f"level {level}: finished earlier, skipped")
-            continue
-        prepare = _LevelSetup(config, experiment, level, initial_path, rewind_path, test_batches)
-        extra = list(callbacks)
+        prepare = _LevelSetup(config, experiment.directory, level, initial_path, rewind_path,
+                              test_batches)
+        extra = []
         if os.environ.get(run_dir_lib.KILL_ENV, "").startswith("level:"):
             extra.append(LevelKillPoint(level))
         if level == 0 and rewind_path != initial_path:
             extra.append(SaveWeightsAtStep(rewind_path, rewind_step))
         start_step = rewind_step if level > 0 else 0
 
-        def finish(results, start_step=start_step):
+        def finish(results, model, start_step=start_step):
             return {"start_step": start_step,
                     **early_stop(results.get("history", {}), steps, start_step // steps)}
 
-        level_config = dataclasses.replace(config, run_dir=level_dir, overwrite=False,
-                                           mask="fixed")
-        results = trainer.train(level_config, callbacks=extra, prepare=prepare,
-                                start_step=start_step, finish=finish)
-        results.pop("run_dir", None)
+        # A level's flags.txt holds the experiment's flags (mask fixed): its model is
+        # built by LotteryConfig.mask_options (frozen pruned values, weights training).
+        results = experiment.stage(f"level_{level}", dataclasses.replace(config, mask="fixed"),
+                                   prepare=prepare, callbacks=extra, start_step=start_step,
+                                   finish=finish)
         summary.append(results)
+        if results.pop("finished_earlier", False):
+            continue
         run_dir_lib.kill_point(f"level:{level}:done")
         if config.verbose:
             print(f"level {level}: {100 * results['weights_remaining']:.1f}% weights remaining, "
@@ -405,9 +367,7 @@ def _run_levels(config, experiment, dataset, normalization, steps, rewind_step, 
                   "weights_remaining": last["weights_remaining"],
                   "sparsity_per_layer": last["sparsity_per_layer"],
                   "criterion": config.criterion, "experiment": "lottery"})
-    run_dir_lib.write_json(os.path.join(experiment, run_dir_lib.RESULTS_FILE), table)
-    table["run_dir"] = experiment
-    return table
+    return experiment.write_summary(table)
 
 
 class _LevelSetup:
@@ -437,15 +397,15 @@ class _LevelSetup:
         weights with (--criterion_init)."""
         config, level = self.config, self.level
         if config.masks_from:
-            ticket = load_masks(os.path.join(config.masks_from, f"level_{level}", MASK_FILE))
+            ticket = Mask.load(os.path.join(config.masks_from, f"level_{level}", MASK_FILE))
         elif level == 0:
-            ticket = {path: np.ones_like(value, np.float32) for path, value in initial.items()}
+            ticket = Mask.ones(initial)
         else:
-            previous = load_masks(os.path.join(self.experiment, f"level_{level - 1}", MASK_FILE))
+            previous = Mask.load(os.path.join(self.experiment, f"level_{level - 1}", MASK_FILE))
             ticket = next_masks(config, layer_kinds(model), initial, kernels(self._final()),
                                 previous, level)
         if config.shuffle_mask and level > 0:
-            return shuffle_masks(ticket, seed=config.seed * 1000 + level)
+            return ticket.shuffled(streams.seed("lottery_level", config.seed, level))
         return ticket
 
     def _previous_start(self, model):
@@ -473,11 +433,11 @@ class _LevelSetup:
         load_weights(model, self.initial_path)
         initial = kernels(model)
         masks = self._masks(model, initial if compared is None else compared)
-        collapsed = collapsed_layers(masks)
+        collapsed = masks.collapsed()
         if collapsed:
             raise ValueError(f"level {level} would prune every weight of {collapsed}: "
                              "lower the rates or the number of levels")
-        save_masks(os.path.join(level_dir, MASK_FILE), masks)
+        masks.save(os.path.join(level_dir, MASK_FILE))
         out = {"level": level, "criterion": config.criterion, "reinit": config.reinit,
                "pruned_weights": config.pruned_weights}
         set_masks(model, masks)
@@ -490,10 +450,10 @@ class _LevelSetup:
             if frozen is not None:
                 for layer in _pruned_layers(model):
                     layer.set_pruned_values(frozen[layer.kernel_variable.path])
-            fresh = (fresh_kernels(model, config.seed * 1000 + level)
+            fresh = (fresh_kernels(model, config.seed, level)
                      if config.reinit == "reinit" else None)
             stds = {path: float(np.std(value)) for path, value in initial.items()}
-            rng = np.random.default_rng([config.seed, level, 17])
+            rng = streams.rng("lottery_reinit", config.seed, level)
             set_kernels(model, reinitialized(config.reinit, kernels(model), masks, fresh, stds,
                                              config.keep_signs, rng))
         if config.untrained_eval:

@@ -11,48 +11,37 @@ import dataclasses
 import os
 import time
 
-import keras
-
 from tf_supermask.experiments.config import PruneInitConfig  # noqa: F401
 from tf_supermask.layers import get_masks
 from tf_supermask.pruning.at_init import compute_masks, make_callback
 from tf_supermask.pruning.saliency import sparsity_per_layer
-from tf_supermask.pruning.select import MASK_FILE, save_masks
-from tf_supermask.training import run_dir as run_dir_lib
-
-
+from tf_supermask.sparsity import MASK_FILE, Mask
+from tf_supermask.training.run_dir import dataset_stem, default_run_dir
 
 
 def default_prune_init_run_dir(config, root="runs"):
     """runs/prune_init_<model>_<dataset>_<method>[_shuffled]_s<sparsity>_<hash>."""
-    from tf_supermask.config import config_hash
-    from tf_supermask.training.config import RUN_CONTROL_FIELDS
-
-    dataset = os.path.splitext(os.path.basename(config.dataset))[0]
-    shuffled = "_shuffled" if config.shuffle else ""
-    return os.path.join(root, f"prune_init_{config.model}_{dataset}_{config.method}{shuffled}_"
-                              f"s{config.sparsity:g}_{config_hash(config, RUN_CONTROL_FIELDS)}")
+    method = config.method + ("_shuffled" if config.shuffle else "")
+    return default_run_dir(config, "prune_init", config.model, dataset_stem(config), method,
+                           f"s{config.sparsity:g}", root=root)
 
 
-class MaskRecorder(keras.callbacks.Callback):
-    """At the end of training: writes mask.npz and puts the final mask's facts in `extra`."""
-
-    def __init__(self, path, extra, dissipating=None):
-        super().__init__()
-        self.path = path
-        self.extra = extra
-        self.dissipating = dissipating
-
-    def on_train_end(self, logs=None):
-        masks = get_masks(self.model)
-        save_masks(self.path, masks)
-        kept = sum(float(mask.sum()) for mask in masks.values())
-        size = sum(mask.size for mask in masks.values())
-        self.extra["mask_sparsity"] = 1.0 - kept / size
-        self.extra["mask_sparsity_per_layer"] = sparsity_per_layer(masks)
-        if self.dissipating is not None:  # it warned (or raised) when a layer collapsed
-            self.extra["dissipating_log"] = list(self.dissipating.log)
-            self.extra["collapsed_during_training"] = list(self.dissipating.collapsed)
+def final_mask_facts(results, model, initial_collapsed=(), dissipating=None):
+    """The run's ``finish``: writes the final mask to mask.npz and returns what is known
+    only once training ends (the mask reached, the layers that collapsed, the epochs
+    trained, the dissipating log)."""
+    mask = Mask(get_masks(model))
+    mask.save(os.path.join(results["run_dir"], MASK_FILE))
+    facts = {"mask_sparsity": mask.sparsity(),
+             "mask_sparsity_per_layer": sparsity_per_layer(mask)}
+    collapsed = list(initial_collapsed)
+    if dissipating is not None:  # it warned (or raised) when a layer collapsed
+        facts["dissipating_log"] = list(dissipating.log)
+        collapsed += [path for path in dissipating.collapsed if path not in collapsed]
+    facts["collapsed_layers"] = collapsed
+    facts["epochs_trained"] = int(results.get("start_epoch", 0)) + len(
+        results.get("history", {}).get("loss", []))
+    return facts
 
 
 def prune_init(config: PruneInitConfig, callbacks=()):
@@ -106,23 +95,11 @@ def prune_init(config: PruneInitConfig, callbacks=()):
                   f"{extra['mask_seconds']:.1f} s")
         return extra
 
-    final = {}
-    recorder = MaskRecorder(os.path.join(config.run_dir, MASK_FILE), final, dissipating)
-    extra_callbacks = ([dissipating] if dissipating is not None else []) + [recorder]
-    results = train(config, callbacks=extra_callbacks + list(callbacks), prepare=prepare)
-    # What is known only once training ends (the final mask) joins results.json now.
-    final["collapsed_layers"] = list(extra.get("collapsed_layers", [])) + [
-        path for path in final.pop("collapsed_during_training", [])
-        if path not in extra.get("collapsed_layers", [])]
-    final["epochs_trained"] = int(results.get("start_epoch", 0)) + len(
-        results.get("history", {}).get("loss", []))
-    results.update(final)
-    results_path = os.path.join(results["run_dir"], run_dir_lib.RESULTS_FILE)
-    if os.path.exists(results_path):
-        stored = run_dir_lib.read_json(results_path)
-        stored.update(final)
-        run_dir_lib.write_json(results_path, stored)
-    return results
+    def finish(results, model):
+        return final_mask_facts(results, model, extra.get("collapsed_layers", []), dissipating)
+
+    return train(config, callbacks=([dissipating] if dissipating is not None else [])
+                 + list(callbacks), prepare=prepare, finish=finish)
 
 
 run = prune_init  # every experiment driver has run(config)

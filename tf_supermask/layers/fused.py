@@ -21,6 +21,8 @@ float32, no compiler, ``TF_SUPERMASK_FUSED=0``) the layers run the ``keras.ops``
   layer's ``SeedGenerator`` (saved in checkpoints) are the same.
 """
 
+import collections
+import contextlib
 import functools
 import hashlib
 import logging
@@ -33,17 +35,37 @@ import tempfile
 import keras
 from keras import ops
 
+from tf_supermask import choices
 from tf_supermask.backend import platform, tensorflow_xla
 
-ENV_SWITCH = "TF_SUPERMASK_FUSED"  # "0" turns the fused kernels off
+ENV_SWITCH = choices.FUSED_ENV  # "0" turns the fused kernels off (--fused_kernels' default)
 CACHE_ENV = "TF_SUPERMASK_CACHE"
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fused_ops.cc")
 COMPILER = os.environ.get("CXX", "g++")
 
 logger = logging.getLogger(__name__)
 
-# Set by tf-supermask-bench --fused=false, and by tests, to compare both paths.
-ENABLED = os.environ.get(ENV_SWITCH, "1") != "0"
+# Whether the layers may use the kernels: the trainer sets it from --fused_kernels for the
+# run (``switched``); tf-supermask-bench --fused=false and tests set it to compare both paths.
+ENABLED = choices.fused_kernels_default()
+
+# How many times each fused op was put into a computation ("topk", "bernoulli", "fixed"):
+# counted when the op is built (once per trace inside a tf.function), only on the fused
+# path, so tests can tell which path a step took.
+uses = collections.Counter()
+
+
+@contextlib.contextmanager
+def switched(enabled):
+    """``ENABLED = enabled`` inside the block, restored after; yields a function telling
+    whether a fused op was put into a computation inside the block (the path ran)."""
+    global ENABLED
+    previous, ENABLED = ENABLED, bool(enabled)
+    before = sum(uses.values())
+    try:
+        yield lambda: sum(uses.values()) > before
+    finally:
+        ENABLED = previous
 
 
 def cache_dir():
@@ -125,6 +147,7 @@ def topk_masked(kernel, scores, kept, kernel_grad=True):
     sign(scores). Same values as ``masks._topk_straight_through``."""
     import tensorflow as tf
 
+    uses["topk"] += 1
     lib = library()
 
     @tf.custom_gradient
@@ -146,6 +169,7 @@ def bernoulli_masked(kernel, scores, seed, kernel_grad=True):
     `kernel_grad`), d scores = g * kernel * sigmoid'(scores)."""
     import tensorflow as tf
 
+    uses["bernoulli"] += 1
     lib = library()
     seed = ops.cast(seed, "int64")
 
@@ -166,6 +190,7 @@ def fixed_masked(kernel, mask):
     """kernel * mask with d kernel = g * mask (the mask takes no gradient)."""
     import tensorflow as tf
 
+    uses["fixed"] += 1
     lib = library()
 
     @tf.custom_gradient

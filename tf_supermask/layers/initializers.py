@@ -11,15 +11,16 @@ import math
 import keras
 from keras import ops
 
+from tf_supermask import choices
 from tf_supermask.registry import Registry
 
-INITIALIZERS = Registry("initializer")
+INITIALIZERS = Registry("initializer", names=choices.INITIALIZERS)
 
 # How --scale_fan scales the fan: the edge-popup paper's std = gain / sqrt(k * fan)
 # ("kept": by the fraction kept), or its code's fan * (1 - prune_rate), whose
 # prune_rate is the fraction kept ("pruned": by the fraction pruned). They agree at
 # k = 0.5 only.
-FAN_SCALINGS = ("none", "kept", "pruned")
+FAN_SCALINGS = choices.SCALE_FAN
 
 _DISTRIBUTIONS = ("normal", "uniform", "signed_constant")
 _MODES = ("fan_in", "fan_out", "fan_avg")
@@ -148,6 +149,9 @@ def _zeros(seed=None, fan_scale=1.0):
     """All zeros (biases)."""
     del seed, fan_scale
     return keras.initializers.Zeros()
+
+
+INITIALIZERS.check_complete()
 
 
 def get_initializer(name, seed=None, fan_scale=1.0):

@@ -10,6 +10,7 @@ import math
 import keras
 from keras import ops
 
+from tf_supermask import choices
 from tf_supermask.backend import read
 from tf_supermask.layers.initializers import get_initializer
 from tf_supermask.counting import check_rule
@@ -40,18 +41,25 @@ class MaskedLayer(keras.layers.Layer):
         ``pruned_values`` variable instead of zero (Zhou et al.'s "pruned weights
         frozen at their initial value"); set it with ``set_pruned_values``.
       activation: activation applied to the output.
+      topk_method: "topk" only: the exact select that picks the kept weights, one of
+        ``tf_supermask.choices.TOPK_METHOD_CHOICES``; "auto" (default) picks by
+        backend, device and size. All keep the same weights.
     """
 
     def __init__(self, mask="dense", k=0.5, kernel_initializer="glorot_uniform",
                  score_initializer="kaiming_uniform", bias_initializer="zeros", use_bias=True,
                  train_weights=None, train_bias=None, train_scores=True, rescale=False,
                  eval_sample=False, seed=None, pruned_values=False, activation=None,
-                 count_rule=TOPK_COUNT_RULE, **kwargs):
+                 count_rule=TOPK_COUNT_RULE, topk_method="auto", **kwargs):
         super().__init__(**kwargs)
         self._mode = MASK_MODES.get(mask)()
         self.mask_mode = mask
         self.k = check_k(k)
         self.count_rule = check_rule(count_rule)
+        if topk_method not in choices.TOPK_METHOD_CHOICES:
+            raise ValueError(f"topk_method must be one of {', '.join(choices.TOPK_METHOD_CHOICES)}, "
+                             f"got {topk_method!r}")
+        self.topk_method = topk_method
         self.kernel_initializer = get_initializer(kernel_initializer)
         self.score_initializer = get_initializer(score_initializer)
         self.bias_initializer = get_initializer(bias_initializer)
@@ -70,8 +78,9 @@ class MaskedLayer(keras.layers.Layer):
 
     @classmethod
     def from_config(cls, config):
-        # Layers saved before count rules had names kept round(k n) top-k weights.
-        return super().from_config({"count_rule": "nearest", **config})
+        # Layers saved before count rules had names kept round(k n) top-k weights; layers
+        # saved before topk_method was recorded used the "auto" select.
+        return super().from_config({"count_rule": "nearest", "topk_method": "auto", **config})
 
     # Subclasses: kernel shape from the input shape, bias size, and the op.
     def kernel_shape(self, input_shape):
@@ -153,6 +162,7 @@ class MaskedLayer(keras.layers.Layer):
         config = super().get_config()
         config.update({
             "mask": self.mask_mode, "k": self.k, "count_rule": self.count_rule,
+            "topk_method": self.topk_method,
             "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
             "score_initializer": keras.initializers.serialize(self.score_initializer),
             "bias_initializer": keras.initializers.serialize(self.bias_initializer),
@@ -167,7 +177,108 @@ class MaskedLayer(keras.layers.Layer):
 
 @keras.saving.register_keras_serializable(package="tf_supermask")
 class MaskedDense(MaskedLayer):
-    """Dense layer with a masked kernel of shape (input_dim, units)."""
+    """Densely-connected layer whose kernel is multiplied by a binary mask.
+
+    ``MaskedDense`` computes ``output = activation(dot(input, W_eff) + bias)``, as
+    ``keras.layers.Dense`` does, with the effective kernel ``W_eff = W * m``: the
+    stored kernel ``W`` (shape ``(input_dim, units)``) times a 0/1 mask ``m`` of
+    the same shape, chosen by the mask mode:
+
+    - ``"dense"``: no mask, ``W_eff = W``; the kernel trains (the dense baseline).
+    - ``"bernoulli"`` (Zhou et al., supermasks): one trainable score ``s`` per
+      weight; while training, ``m ~ Bernoulli(sigmoid(s))``, drawn afresh at each
+      call from the layer's seed generator, with the straight-through gradient
+      ``dL/ds = dL/dW_eff * W * sigmoid'(s)`` (the sample is treated as
+      ``sigmoid(s)`` backwards). At evaluation ``m = [s > 0]`` (that is,
+      ``sigmoid(s) > 0.5``), or a sample when ``eval_sample=True``.
+    - ``"topk"`` (Ramanujan et al., edge-popup): one trainable score ``s`` per
+      weight; ``m`` keeps the ``k``-fraction of the layer's weights with the
+      largest ``|s|`` (by default ``n - int((1 - k) * n)`` of the ``n`` weights,
+      at least 1; see ``count_rule``), in training and at evaluation alike, with
+      the straight-through gradient ``dL/ds = dL/dW_eff * W * sign(s)``.
+    - ``"fixed"``: a given 0/1 mask (all ones until ``set_mask`` is called),
+      not trainable; the kernel trains through it (``dL/dW = dL/dW_eff * m``).
+      With ``pruned_values=True``, ``W_eff = W * m + P * (1 - m)`` for frozen
+      values ``P`` set with ``set_pruned_values``.
+
+    With ``rescale=True`` the masked kernel is multiplied by
+    ``n / max(sum(m), 1)`` (dynamic weight rescaling). In the score modes the
+    kernel is frozen by default and only the scores learn. ``layer.kernel`` is
+    the effective kernel at evaluation; the stored weights are
+    ``kernel_variable``, ``scores`` (score modes) and ``mask_variable``
+    ("fixed").
+
+    Args:
+      units: positive integer, dimensionality of the output space.
+      mask: mask mode, one of ``"dense"``, ``"bernoulli"``, ``"topk"``,
+        ``"fixed"``. Defaults to ``"dense"``.
+      k: fraction of weights kept by ``"topk"``, in (0, 1]. Defaults to 0.5.
+      kernel_initializer: registered initializer name (e.g.
+        ``"kaiming_normal"``, ``"signed_kaiming_constant"``) or a Keras
+        initializer, for ``W``. Defaults to ``"glorot_uniform"``.
+      score_initializer: initializer of the scores (``"bernoulli"``,
+        ``"topk"``). Defaults to ``"kaiming_uniform"``.
+      bias_initializer: initializer of the bias. Defaults to ``"zeros"``.
+      use_bias: whether the layer has a bias. Defaults to True.
+      train_weights: whether ``W`` trains. Defaults to None: True for
+        ``"dense"`` and ``"fixed"``, False for ``"bernoulli"`` and ``"topk"``.
+      train_bias: whether the bias trains. Defaults to None: as
+        ``train_weights``.
+      train_scores: whether the scores train. Defaults to True.
+      rescale: multiply the masked kernel by ``n / #kept``. Defaults to False.
+      eval_sample: ``"bernoulli"`` only: sample the mask at evaluation too,
+        instead of ``s > 0``. Defaults to False.
+      seed: integer seed of the layer's mask sampling (``"bernoulli"``).
+        Defaults to None.
+      pruned_values: ``"fixed"`` only: pruned entries take frozen values
+        instead of zero (Zhou et al.'s "frozen at their initial value").
+        Defaults to False.
+      activation: activation function (name or callable). Defaults to None:
+        no activation.
+      count_rule: how ``"topk"`` turns ``k`` into a count, a rule of
+        ``tf_supermask.counting``. Defaults to ``"hidden_networks"``:
+        ``n - int((1 - k) * n)``, edge-popup's.
+      topk_method: ``"topk"`` only: the exact select that picks the kept
+        weights, one of ``tf_supermask.choices.TOPK_METHOD_CHOICES``; all keep
+        the same weights. Defaults to ``"auto"``: chosen by backend, device and
+        layer size.
+      **kwargs: base layer arguments (``name``, ``dtype``, ...).
+
+    Input shape:
+      N-D tensor with shape ``(batch_size, ..., input_dim)``; most often
+      ``(batch_size, input_dim)``.
+
+    Output shape:
+      N-D tensor with shape ``(batch_size, ..., units)``.
+
+    Example:
+
+    >>> import keras
+    >>> import numpy as np
+    >>> from tf_supermask.layers import MaskedDense
+    >>> layer = MaskedDense(10, mask="topk", k=0.5, seed=0)
+    >>> y = layer(np.ones((2, 20), "float32"))
+    >>> tuple(y.shape)
+    (2, 10)
+    >>> int(keras.ops.sum(layer.get_mask()))  # 200 - int(0.5 * 200) weights kept
+    100
+    >>> [weight.name for weight in layer.trainable_weights]  # the kernel is frozen
+    ['scores']
+
+    A fixed mask, and the same mask rescaled by 6 weights / 3 kept:
+
+    >>> layer = MaskedDense(3, mask="fixed", kernel_initializer=keras.initializers.Ones())
+    >>> layer.build((None, 2))
+    >>> layer.set_mask([[1, 0, 1], [0, 1, 0]])
+    >>> keras.ops.convert_to_numpy(layer(np.array([[1.0, 2.0]], "float32"))).tolist()
+    [[1.0, 2.0, 1.0]]
+    >>> layer = MaskedDense(3, mask="fixed", rescale=True,
+    ...                     kernel_initializer=keras.initializers.Ones())
+    >>> layer.build((None, 2))
+    >>> layer.set_mask([[1, 0, 1], [0, 1, 0]])
+    >>> keras.ops.convert_to_numpy(layer(np.array([[1.0, 2.0]], "float32"))).tolist()
+    [[2.0, 4.0, 2.0]]
+    """
 
     def __init__(self, units, **kwargs):
         super().__init__(**kwargs)
@@ -191,7 +302,89 @@ class MaskedDense(MaskedLayer):
 
 @keras.saving.register_keras_serializable(package="tf_supermask")
 class MaskedConv2D(MaskedLayer):
-    """2-D convolution (channels last) with a masked kernel of shape (kh, kw, in, out)."""
+    """2D convolution layer (channels last) whose kernel is multiplied by a binary mask.
+
+    ``MaskedConv2D`` computes ``output = activation(conv2d(input, W_eff) + bias)``,
+    as ``keras.layers.Conv2D`` does, with the effective kernel ``W_eff = W * m``:
+    the stored kernel ``W`` of shape
+    ``(kernel_rows, kernel_cols, input_channels // groups, filters)`` times a 0/1
+    mask ``m`` of the same shape. The mask modes are those of ``MaskedDense``:
+
+    - ``"dense"``: no mask, ``W_eff = W``; the kernel trains.
+    - ``"bernoulli"``: ``m ~ Bernoulli(sigmoid(s))`` per weight while training,
+      straight-through gradient ``dL/ds = dL/dW_eff * W * sigmoid'(s)``;
+      ``m = [s > 0]`` at evaluation (unless ``eval_sample=True``).
+    - ``"topk"`` (edge-popup): ``m`` keeps the ``k``-fraction of the layer's
+      weights with the largest ``|s|`` (``n - int((1 - k) * n)`` of ``n`` by
+      default), gradient ``dL/ds = dL/dW_eff * W * sign(s)``.
+    - ``"fixed"``: a given 0/1 mask (``set_mask``; all ones until then), not
+      trainable; optionally ``W_eff = W * m + P * (1 - m)``
+      (``pruned_values``).
+
+    With ``rescale=True`` the masked kernel is multiplied by
+    ``n / max(sum(m), 1)``. The top-k fraction is taken over the whole kernel
+    of the layer, not per filter.
+
+    Args:
+      filters: positive integer, the number of output channels.
+      kernel_size: integer or pair of integers, the height and width of the
+        window. Defaults to 3.
+      strides: integer or pair of integers. Defaults to 1.
+      padding: ``"same"`` or ``"valid"``. Defaults to ``"same"``.
+      groups: positive integer dividing both ``filters`` and the input
+        channels: a grouped convolution, depthwise when ``groups`` equals
+        ``filters`` and the input channels. Defaults to 1.
+      mask: mask mode, one of ``"dense"``, ``"bernoulli"``, ``"topk"``,
+        ``"fixed"``. Defaults to ``"dense"``.
+      k: fraction of weights kept by ``"topk"``, in (0, 1]. Defaults to 0.5.
+      kernel_initializer: registered initializer name or Keras initializer.
+        Defaults to ``"glorot_uniform"``.
+      score_initializer: initializer of the scores. Defaults to
+        ``"kaiming_uniform"``.
+      bias_initializer: initializer of the bias. Defaults to ``"zeros"``.
+      use_bias: whether the layer has a bias. Defaults to True.
+      train_weights: whether ``W`` trains. Defaults to None: True for
+        ``"dense"`` and ``"fixed"``, False for the score modes.
+      train_bias: whether the bias trains. Defaults to None: as
+        ``train_weights``.
+      train_scores: whether the scores train. Defaults to True.
+      rescale: multiply the masked kernel by ``n / #kept``. Defaults to False.
+      eval_sample: ``"bernoulli"`` only: sample at evaluation too. Defaults to
+        False.
+      seed: integer seed of the mask sampling. Defaults to None.
+      pruned_values: ``"fixed"`` only: pruned entries take frozen values
+        instead of zero. Defaults to False.
+      activation: activation function. Defaults to None.
+      count_rule: ``tf_supermask.counting`` rule turning ``k`` into a count.
+        Defaults to ``"hidden_networks"``.
+      topk_method: ``"topk"`` only: the exact select that picks the kept
+        weights, one of ``tf_supermask.choices.TOPK_METHOD_CHOICES``; all keep
+        the same weights. Defaults to ``"auto"``: chosen by backend, device and
+        layer size.
+      **kwargs: base layer arguments (``name``, ``dtype``, ...).
+
+    Input shape:
+      4D tensor with shape ``(batch_size, rows, cols, channels)``.
+
+    Output shape:
+      4D tensor with shape ``(batch_size, new_rows, new_cols, filters)``;
+      ``rows`` and ``cols`` divided by the strides (rounded up) with ``"same"``
+      padding.
+
+    Example:
+
+    >>> import numpy as np
+    >>> from tf_supermask.layers import MaskedConv2D
+    >>> layer = MaskedConv2D(8, kernel_size=3, strides=2, mask="bernoulli", seed=0)
+    >>> y = layer(np.zeros((2, 16, 16, 3), "float32"))
+    >>> tuple(y.shape)
+    (2, 8, 8, 8)
+    >>> tuple(layer.kernel_variable.shape), tuple(layer.scores.shape)
+    ((3, 3, 3, 8), (3, 3, 3, 8))
+    >>> layer = MaskedConv2D(4, kernel_size=3, padding="valid", mask="topk", k=0.25)
+    >>> tuple(layer(np.zeros((1, 8, 8, 2), "float32")).shape)
+    (1, 6, 6, 4)
+    """
 
     def __init__(self, filters, kernel_size=3, strides=1, padding="same", groups=1, **kwargs):
         super().__init__(**kwargs)

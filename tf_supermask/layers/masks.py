@@ -16,15 +16,16 @@ from keras import ops
 
 from tf_supermask.backend import (bitcast_to_int32, compact, compiled, histogram, platform, read,
                                   supports_dynamic_shapes)
-from tf_supermask.counting import kept_count
+from tf_supermask import choices
+from tf_supermask.counting import check_k, kept_count  # noqa: F401 (check_k re-exported)
 from tf_supermask.layers import fused
 from tf_supermask.registry import Registry
 
-MASK_MODES = Registry("mask mode")
+MASK_MODES = Registry("mask mode", names=choices.MASK_MODES)
 
 
-# Which exact top-k select runs, per (backend, platform) and layer size, unless
-# TOPK_METHOD names one (tf-supermask-bench --topk_method compares them). All
+# Which exact top-k select runs, per (backend, platform) and layer size, unless a
+# layer's topk_method (--topk_method; tf-supermask-bench compares them) names one. All
 # give the same mask. Measured on a 2-core CPU (runs/results/bench_cpu.md):
 # TensorFlow: top_k (a partial sort) below ~8k entries, the bucket select above
 # (data-dependent shapes, so not under XLA); JAX: sort below ~2k, the histogram
@@ -32,7 +33,6 @@ MASK_MODES = Registry("mask mode")
 # passes 2x the radix select). On a GPU the radix select's histograms are
 # scatter-adds, slow there; the counting passes are a compare and a sum, which
 # fuse. The GPU rows are a guess still to be measured (scripts/gpu_bench.sh).
-TOPK_METHOD = "auto"
 TOPK_CHOICES = {
     ("tensorflow", "cpu"): ((8192, "sort"), (None, "bucket")),
     ("tensorflow", "gpu"): ((8192, "sort"), (None, "count")),
@@ -47,18 +47,11 @@ BUCKET_DIGIT_BITS = 14
 # passes are memory-bound, so fewer, wider ones should win (to be measured).
 COUNT_DIGIT_BITS = {"cpu": 1, "gpu": 4}
 
-TOPK_METHODS = Registry("top-k method")
-
-
-def check_k(k, name="k"):
-    """Returns k as a float; raises a ValueError unless 0 < k <= 1."""
-    if not 0.0 < float(k) <= 1.0:
-        raise ValueError(f"{name} is the fraction of weights kept and must be in (0, 1], got {k}")
-    return float(k)
+TOPK_METHODS = Registry("top-k method", names=choices.TOPK_METHODS)
 
 
 # Edge-popup's count: GetSubnet zeroes int((1 - k) * n) entries (tf_supermask.counting).
-TOPK_COUNT_RULE = "hidden_networks"
+TOPK_COUNT_RULE = choices.TOPK_COUNT_RULE
 
 
 def topk_kept_count(k, size, rule=TOPK_COUNT_RULE):
@@ -68,10 +61,10 @@ def topk_kept_count(k, size, rule=TOPK_COUNT_RULE):
     return max(1, kept_count(size, kept=k, rule=rule))
 
 
-def topk_method_for(size, backend=None, device=None):
-    """The select used for a layer of `size` weights: TOPK_METHOD unless "auto"."""
-    if TOPK_METHOD != "auto":
-        return TOPK_METHOD
+def topk_method_for(size, backend=None, device=None, method="auto"):
+    """The select used for a layer of `size` weights: `method` unless "auto"."""
+    if method not in (None, "auto"):
+        return method
     key = (backend or keras.backend.backend(), device or platform())
     for limit, method in TOPK_CHOICES.get(key, DEFAULT_CHOICE):
         if limit is None or size <= limit:
@@ -215,7 +208,7 @@ def topk_keep(magnitudes, k, method=None, rule=TOPK_COUNT_RULE):
     kept = topk_kept_count(k, size, rule)
     if kept >= size:
         return ops.ones(ops.shape(magnitudes), "bool")
-    method = method or topk_method_for(size)
+    method = topk_method_for(size, method=method)
     if method == "bucket" and not supports_dynamic_shapes():  # TF's bincount fails under XLA
         method = "count"
     keep = _select(method, kept)(flat)
@@ -242,12 +235,12 @@ def _upstream(args, upstream):
     return args[0] if upstream is None else upstream
 
 
-def _topk_straight_through(kernel, scores, k, rule=TOPK_COUNT_RULE):
+def _topk_straight_through(kernel, scores, k, rule=TOPK_COUNT_RULE, method=None):
     """where(top-k of |scores|, kernel, 0); d/d scores = d/d kernel_eff * kernel * sign(scores)."""
 
     @ops.custom_gradient
     def apply(kernel, scores):
-        keep = topk_keep(scores, k, rule=rule)
+        keep = topk_keep(scores, k, method, rule=rule)
         zero = ops.cast(0, kernel.dtype)
 
         def grad(*args, upstream=None):
@@ -363,7 +356,8 @@ class TopKMode(ScoreMode):
 
     def mask(self, layer, training):
         magnitude = ops.abs(layer.scores)
-        binary = ops.stop_gradient(topk_binary_mask(magnitude, layer.k, rule=layer.count_rule))
+        binary = ops.stop_gradient(topk_binary_mask(magnitude, layer.k, layer.topk_method,
+                                                    rule=layer.count_rule))
         if not training:
             return binary
         return binary + magnitude - ops.stop_gradient(magnitude)
@@ -374,12 +368,15 @@ class TopKMode(ScoreMode):
             if fused.available(kernel, scores):
                 kept = topk_kept_count(layer.k, math.prod(scores.shape), layer.count_rule)
                 return fused.topk_masked(kernel, scores, kept, kernel_grad=layer.train_weights)
-            return _topk_straight_through(kernel, scores, layer.k, layer.count_rule)
-        return ops.where(topk_keep(scores, layer.k, rule=layer.count_rule), kernel,
+            return _topk_straight_through(kernel, scores, layer.k, layer.count_rule,
+                                          layer.topk_method)
+        return ops.where(topk_keep(scores, layer.k, layer.topk_method, rule=layer.count_rule),
+                         kernel,
                          ops.cast(0, kernel.dtype))
 
     def binary_mask(self, layer):
-        return topk_binary_mask(ops.abs(layer.scores), layer.k, rule=layer.count_rule)
+        return topk_binary_mask(ops.abs(layer.scores), layer.k, layer.topk_method,
+                                rule=layer.count_rule)
 
     def set_mask(self, layer, mask):
         # Lift the kept scores above every pruned one; the count must match k.
@@ -421,3 +418,7 @@ class FixedMode(MaskMode):
                              f"expected {tuple(layer.mask_variable.shape)}")
         layer.mask_variable.assign(ops.cast(ops.cast(mask, "float32") != 0,
                                             layer.mask_variable.dtype))
+
+
+MASK_MODES.check_complete()
+TOPK_METHODS.check_complete()

@@ -47,6 +47,7 @@ import numpy as np
 
 from tf_supermask.layers.initializers import VarianceScaled, fan_scale_for
 from tf_supermask.layers.masked import MaskedConv2D, MaskedDense, masked_layers
+from tf_supermask import streams
 
 # Images propagated when `forward_images` is 0, unless a layer needs more.
 DEFAULT_FORWARD_IMAGES = 256
@@ -155,7 +156,7 @@ def patches_init(model, images, options: Optional[PatchesOptions] = None, normal
     """
     options = options or PatchesOptions()
     start = time.time()
-    rng = np.random.default_rng(options.seed)
+    rng = streams.rng("patches", options.seed)
     images = np.asarray(images)
     if images.ndim != 4:
         raise ValueError(f"images must have shape (N, H, W, C), got {images.shape}")
@@ -233,31 +234,34 @@ def patches_summary(report):
     }
 
 
-def options_from_config(config):
-    """`PatchesOptions` from a `TrainConfig`'s patches_* fields."""
+def options_from_flags(patches, k, scale_fan, seed):
+    """`PatchesOptions` from the --patches_* flags (`patches`: an object with their
+    ``patches_*`` attributes, e.g. ``tf_supermask.training.config.PatchesConfig``), the
+    fraction kept `k` and --scale_fan (which give the Kaiming fan scale), and the seed."""
     return PatchesOptions(
-        layers=config.patches_layers, mix=config.patches_mix, center=config.patches_center,
-        normalize=config.patches_normalize, zca=config.patches_zca,
-        zca_eps=config.patches_zca_eps, zca_patches=config.patches_zca_patches,
-        sign_flip=config.patches_sign_flip, rescale=config.patches_rescale,
-        dense=config.patches_dense, forward_images=config.patches_forward_images,
-        fan_scale=fan_scale_for(config.scale_fan, config.k), seed=config.seed)
+        layers=patches.patches_layers, mix=patches.patches_mix, center=patches.patches_center,
+        normalize=patches.patches_normalize, zca=patches.patches_zca,
+        zca_eps=patches.patches_zca_eps, zca_patches=patches.patches_zca_patches,
+        sign_flip=patches.patches_sign_flip, rescale=patches.patches_rescale,
+        dense=patches.patches_dense, forward_images=patches.patches_forward_images,
+        fan_scale=fan_scale_for(scale_fan, k), seed=seed)
 
 
-def patches_init_from_config(model, config, dataset, normalization):
+def patches_init_from_flags(model, patches, dataset, normalization, k, scale_fan, seed):
     """The training binary's data step: patches from a seeded pool of training images.
 
-    The pool is `config.patches_images` training images (0 or more than there
-    are: all of them), drawn with the run's seed.
+    The pool is `patches.patches_images` training images (0 or more than there
+    are: all of them), drawn with `seed`; `patches`, `k`, `scale_fan` and `seed` as
+    in ``options_from_flags``.
 
     Returns:
       `patches_summary` of the report, for results.json.
     """
     count = len(dataset.x_train)
-    pool_size = min(config.patches_images or count, count)
-    pool = np.sort(np.random.default_rng((config.seed, 1)).choice(count, pool_size,
-                                                                   replace=False))
-    report = patches_init(model, dataset.x_train[pool], options_from_config(config),
+    pool_size = min(patches.patches_images or count, count)
+    pool = np.sort(streams.rng("patches_pool", seed).choice(count, pool_size, replace=False))
+    report = patches_init(model, dataset.x_train[pool],
+                          options_from_flags(patches, k, scale_fan, seed),
                           normalization=normalization)
     return patches_summary(report)
 

@@ -7,12 +7,13 @@ import keras
 
 from tf_supermask.layers import MaskedConv2D, MaskedDense, nonaffine_batchnorm
 from tf_supermask.layers.initializers import fan_scale_for, get_initializer
-from tf_supermask.layers.masks import check_k
+from tf_supermask import choices
 from tf_supermask.registry import Registry
+from tf_supermask import streams
 
-MODELS = Registry("model")
+MODELS = Registry("model", names=choices.MODEL_NAMES)
 
-BATCHNORMS = ("none", "nonaffine", "affine")
+BATCHNORMS = choices.BATCHNORMS
 
 # Score initializers when MaskOptions.score_init is None: Zhou et al.'s uniform
 # for bernoulli, hidden-networks' uniform(+-1/sqrt(fan_in)) for topk;
@@ -42,6 +43,8 @@ class MaskOptions:
       batchnorm: "none", "nonaffine" (edge-popup) or "affine", after hidden layers.
       width: width multiplier of hidden layers.
       pruned_values: "fixed": pruned entries take frozen values (not zero).
+      topk_method: "topk": the exact select (``tf_supermask.choices.TOPK_METHOD_CHOICES``;
+        "auto" picks by backend, device and size; all keep the same weights).
       seed: base seed; layer i draws its weights, scores and samples from seed + i.
       prune_first_layer: whether the first layer a model builds (the one reading
         the input) is masked like the others (True), or is an unpruned
@@ -67,9 +70,10 @@ class MaskOptions:
     pruned_values: bool = False
     seed: int = 0
     prune_first_layer: Optional[bool] = None
+    topk_method: str = "auto"
 
     def __post_init__(self):
-        check_k(self.k)
+        # k is checked where it enters (the --k flag, or the masked layers' constructor).
         if isinstance(self.scale_fan, bool):  # files written before the rule had names
             self.scale_fan = "kept" if self.scale_fan else "none"
         fan_scale_for(self.scale_fan, self.k)  # a ValueError for a bad rule
@@ -101,20 +105,21 @@ class MaskOptions:
         unpruned = self._index == 0 and not self.first_layer_pruned()
         mask = "dense" if unpruned else self.mask
         mode = MASK_MODES.get(mask)
-        seed = self.seed * 1000 + self._index
+        seed = streams.seed("layer", self.seed, self._index)
         self._index += 1
         train_weights = mode.default_train_weights if self.train_weights is None else self.train_weights
         if use_bias is None:
             use_bias = train_weights if self.use_bias is None else self.use_bias
         fan_scale = 1.0 if unpruned else fan_scale_for(self.scale_fan, self.k)
         score_init = self.score_init or DEFAULT_SCORE_INIT.get(self.mask, "kaiming_uniform")
-        return dict(mask=mask, k=self.k, count_rule=self.count_rule,
+        return dict(mask=mask, k=self.k, count_rule=self.count_rule, topk_method=self.topk_method,
                     rescale=self.rescale and not unpruned,
                     train_weights=train_weights,
                     use_bias=use_bias, eval_sample=self.eval_sample, seed=seed,
                     pruned_values=self.pruned_values and not unpruned,
                     kernel_initializer=get_initializer(self.init, seed=seed, fan_scale=fan_scale),
-                    score_initializer=get_initializer(score_init, seed=seed + 500),
+                    score_initializer=get_initializer(
+                        score_init, seed=streams.seed("layer_scores", self.seed, self._index - 1)),
                     activation=activation)
 
     def dense(self, units, activation=None, name=None, use_bias=None):
@@ -146,14 +151,57 @@ class MaskOptions:
 def build_model(name, input_shape, num_classes, options=None):
     """Builds the registered model `name` for inputs of `input_shape` (H, W, C).
 
+    Every model works in every mask mode: its layers are ``MaskedDense`` and
+    ``MaskedConv2D`` layers built by `options` (one ``MaskOptions`` for the whole
+    model, each layer drawing its own seed from ``options.seed``), so a model
+    computes what its dense original computes with each kernel ``W`` replaced
+    by ``W * m`` (see ``MaskedDense`` for the mask modes). The registered models:
+
+    - ``"fc"``: LeNet-300-100 (Frankle & Carbin), Flatten, then dense 300-100
+      with ReLU, then ``num_classes``.
+    - ``"conv2"``, ``"conv4"``, ``"conv6"``, ``"conv8"``: 1 to 4 blocks of two
+      3x3 convs and a 2x2 max-pool (64, 128, 256, 512 channels), then dense
+      256-256-``num_classes`` (Frankle & Carbin; Ramanujan et al. for conv8).
+    - ``"vgg11"``, ``"vgg16"``, ``"vgg19"`` (Liu et al.'s CIFAR VGGs),
+      ``"resnet20"``, ``"resnet56"`` (He et al.), ``"resnet18"``,
+      ``"mobilenet_v2"`` (kuangliu/pytorch-cifar's CIFAR variants): with
+      BatchNorm, the first layer unpruned by default.
+
+    ``options.width`` multiplies the hidden widths; ``options.batchnorm`` adds
+    BatchNorm after hidden layers; ``options.prune_first_layer`` overrides the
+    model's choice of masking the layer that reads the input.
+
     Args:
-      name: registered model name (see ``MODELS.names()``).
-      input_shape: shape of one example, channels last.
+      name: registered model name, one of ``MODELS.names()``.
+      input_shape: shape of one example, channels last, e.g. ``(28, 28, 1)``
+        for MNIST or ``(32, 32, 3)`` for CIFAR-10.
       num_classes: number of output logits.
-      options: a ``MaskOptions``; defaults to the dense baseline.
+      options: a ``MaskOptions``; defaults to ``MaskOptions()``, the dense
+        baseline. It is copied, not changed.
 
     Returns:
-      A built ``keras.Model`` producing logits.
+      A built (not compiled) functional ``keras.Model`` producing logits.
+
+    Input shape:
+      4D tensor ``(batch_size,) + input_shape``.
+
+    Output shape:
+      2D tensor ``(batch_size, num_classes)`` of logits (no softmax).
+
+    Example:
+
+    >>> from tf_supermask.layers import masked_layers
+    >>> from tf_supermask.models import MaskOptions, build_model
+    >>> model = build_model("fc", (28, 28, 1), 10,
+    ...                     MaskOptions(mask="topk", k=0.5, width=0.25))
+    >>> model.input_shape, model.output_shape
+    ((None, 28, 28, 1), (None, 10))
+    >>> [(layer.name, layer.mask_mode, tuple(layer.kernel_variable.shape))
+    ...  for layer in masked_layers(model)]
+    [('dense1', 'topk', (784, 75)), ('dense2', 'topk', (75, 25)), ('output', 'topk', (25, 10))]
+    >>> model = build_model("conv2", (32, 32, 3), 10, MaskOptions(mask="bernoulli", width=0.125))
+    >>> [layer.name for layer in masked_layers(model)]
+    ['conv1_1', 'conv1_2', 'dense1', 'dense2', 'output']
     """
     builder = MODELS.get(name)
     options = dataclasses.replace(options or MaskOptions())

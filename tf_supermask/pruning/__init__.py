@@ -1,12 +1,16 @@
-"""Pruning: mask selection and scoring, with no training drivers.
+"""Pruning: mask scoring and pruning strategies, with no training drivers.
 
-- ``select``: exact top-k selection per layer or global, mask files.
+Masks themselves (``Mask``: top entries of scores, files, density, overlap) and the
+allocation of a rate over layers live in ``tf_supermask.sparsity``.
+
 - ``criteria``: Zhou et al.'s mask criteria over initial and final weights.
 - ``saliency``: scores at initialization (random, magnitude, SNIP, GraSP, SynFlow).
 - ``haroon``: K-starts and dissipating gradients.
 - ``options``: the options of pruning and their choices (no Keras).
 - ``at_init``: the pruning-at-initialization methods by name.
 - ``gradual``: magnitude pruning on tfmot schedules.
+- ``imp``: iterative magnitude pruning's step (``PRUNING_STRATEGIES``), shared by the
+  lottery's levels and fine-tuning's one-shot, iterative and gradual pruning.
 
 The drivers that chain training runs (lottery, fine-tuning, pruning at
 initialization) live in ``tf_supermask.experiments``. The names below are imported
@@ -16,8 +20,6 @@ on first use, so that ``tf_supermask.pruning.options`` does not import Keras.
 from tf_supermask.lazy import lazy_exports
 
 _EXPORTS = {
-    "collapsed_layers": "select", "shuffle_masks": "select",
-    "top_masks": "select",
     "LayerCollapseError": "saliency", "LayerCollapseWarning": "saliency",
     "check_collapse": "saliency", "grasp_masks": "saliency", "grasp_scores": "saliency",
     "magnitude_scores": "saliency", "random_masks": "saliency", "select_masks": "saliency",
@@ -27,6 +29,7 @@ _EXPORTS = {
     "fraction_for_sparsity": "haroon", "kstarts_fitness": "haroon", "kstarts_masks": "haroon",
     "PRUNE_METHODS": "at_init", "compute_masks": "at_init",
     "PruneOptions": "options",
+    "IterativeMagnitudePruning": "imp", "PRUNING_STRATEGIES": "imp",
     "GradualPruning": "gradual", "magnitude_masks": "gradual", "prune_by_magnitude": "gradual",
     "pruning_schedule": "gradual", "tfmot_schedules": "gradual",
 }

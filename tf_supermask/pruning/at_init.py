@@ -34,14 +34,16 @@ from tf_supermask.layers import set_masks
 from tf_supermask.pruning.haroon import (DissipatingCallback, dissipating_calibrate,
                                          dissipating_search, kstarts_masks, restore, snapshot)
 from tf_supermask.pruning.options import METHOD_SCOPES, PruneOptions  # noqa: F401
-from tf_supermask.pruning.saliency import (SALIENCY_COUNT_RULE, _seed_list, check_collapse,
+from tf_supermask.pruning.saliency import (SALIENCY_COUNT_RULE, check_collapse,
                                            fixed_layers, grasp_masks, grasp_scores,
                                            kernel_values, magnitude_scores, random_masks,
                                            select_masks, snip_scores, synflow_masks)
-from tf_supermask.pruning.select import load_masks, shuffle_masks
+from tf_supermask import choices
 from tf_supermask.registry import Registry
+from tf_supermask import streams
+from tf_supermask.sparsity import Mask
 
-PRUNE_METHODS = Registry("pruning-at-initialization method")
+PRUNE_METHODS = Registry("pruning-at-initialization method", names=choices.PRUNE_METHODS)
 
 
 # ---------------------------------------------------------------------------
@@ -209,7 +211,7 @@ def compute_masks(model, batches, options, steps_per_epoch=0, callback=None):
     initial = kernel_values(model)
     start = snapshot(model) if options.shuffle and not options.mask_file else None
     if options.mask_file:
-        masks = load_masks(options.mask_file)
+        masks = Mask.load(options.mask_file)
         set_masks(model, masks)
         info = {"mask_file": options.mask_file}
     else:
@@ -230,7 +232,7 @@ def compute_masks(model, batches, options, steps_per_epoch=0, callback=None):
         restore(model, start)
         info.pop("start_epoch", None)
     if options.shuffle:
-        masks = shuffle_masks(masks, seed=_seed_list(_options_seed(options)) + [23])
+        masks = Mask(masks).shuffled(streams.seed("prune_init_shuffle", _options_seed(options)))
         set_masks(model, masks)
     info["collapsed_layers"] = check_collapse(masks, options.collapse,
                                               f"the {options.method} mask")
@@ -242,3 +244,5 @@ def make_callback(options):
     if options.shuffle or options.mask_file:
         return None
     return PRUNE_METHODS.get(options.method).callback(options)
+
+PRUNE_METHODS.check_complete()

@@ -1,7 +1,7 @@
 """Mask criteria of Zhou et al. (2019): score each weight from its initial and final value.
 
 A criterion maps (initial, final) arrays of one layer to scores; the pruning
-step keeps the highest scores (``select.top_masks``). Every base criterion
+step keeps the highest scores (``tf_supermask.sparsity.Mask.top``). Every base criterion
 also exists in two sign-aware variants:
 
 * ``<name>_same_sign`` (Zhou et al.'s rule, ``get_weight_init.py``): the score
@@ -20,9 +20,11 @@ also exists in two sign-aware variants:
 
 import numpy as np
 
+from tf_supermask import choices
 from tf_supermask.registry import Registry
+from tf_supermask import streams
 
-CRITERIA = Registry("mask criterion")
+CRITERIA = Registry("mask criterion", names=choices.CRITERIA)
 
 
 def _rank(values, eligible):
@@ -136,5 +138,7 @@ def criterion_scores(name, initial, final, seed=0, eligible=None):
         if w_i.shape != w_f.shape:
             raise ValueError(f"{path}: initial shape {w_i.shape} != final shape {w_f.shape}")
         keep = np.ones(w_i.shape, bool) if not eligible else np.asarray(eligible[path], bool)
-        scores[path] = score(w_i, w_f, np.random.default_rng([seed, index]), keep)
+        scores[path] = score(w_i, w_f, streams.rng("layer_criterion", seed, index), keep)
     return scores
+
+CRITERIA.check_complete()

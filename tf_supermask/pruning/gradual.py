@@ -27,10 +27,10 @@ import sys
 import keras
 import numpy as np
 
-from tf_supermask.counting import kept_counts
 from tf_supermask.layers import masked_layers, set_masks
 from tf_supermask.pruning.options import GRADUAL_SCHEDULES, SCOPES
-from tf_supermask.pruning.select import top_masks
+from tf_supermask.pruning.imp import IterativeMagnitudePruning
+from tf_supermask.sparsity import Mask
 
 SCHEDULES = GRADUAL_SCHEDULES
 
@@ -134,7 +134,7 @@ def magnitude_masks(model, sparsity, scope="layer", rule="nearest"):
     than asked, it is returned unchanged (a mask never grows back).
 
     Returns:
-      {kernel path: float32 0/1 mask}.
+      A ``Mask`` (one IMP step to a target sparsity, ``pruning.imp``).
     """
     if not 0.0 <= sparsity <= 1.0:
         raise ValueError(f"sparsity (the fraction pruned) must be in [0, 1], got {sparsity}")
@@ -148,13 +148,7 @@ def magnitude_masks(model, sparsity, scope="layer", rule="nearest"):
         path = layer.kernel_variable.path
         scores[path] = np.abs(keras.ops.convert_to_numpy(layer.kernel_variable))
         eligible[path] = keras.ops.convert_to_numpy(layer.get_mask()) > 0
-    counts = kept_counts(eligible, pruned=sparsity, scope=scope, rule=rule)
-    if scope == "layer":
-        counts["counts"] = {path: min(count, int(eligible[path].sum()))
-                            for path, count in counts["counts"].items()}
-    else:
-        counts["total"] = min(counts["total"], sum(int(mask.sum()) for mask in eligible.values()))
-    return top_masks(scores, eligible=eligible, **counts)
+    return IterativeMagnitudePruning(scope, rule).step(scores, eligible, sparsity=sparsity)
 
 
 def prune_by_magnitude(model, sparsity, scope="layer", rule="nearest"):
@@ -166,8 +160,7 @@ def prune_by_magnitude(model, sparsity, scope="layer", rule="nearest"):
 
 def pruned_fraction(masks):
     """Fraction of entries pruned over all the given masks together."""
-    size = sum(np.size(mask) for mask in masks.values())
-    return 1.0 - sum(float(np.sum(mask)) for mask in masks.values()) / size if size else 0.0
+    return Mask(masks).sparsity()
 
 
 class GradualPruning(keras.callbacks.Callback):

@@ -27,10 +27,11 @@ from tf_supermask.backend import gradient_function
 from tf_supermask.layers import get_masks, set_masks
 from tf_supermask.pruning.options import (DISSIPATING_SCHEDULES, DISSIPATING_TARGETS, FITNESSES,
                                           KSTARTS_MODES, SCOPES, density_of)
-from tf_supermask.pruning.saliency import (_loss_fn, _seed_list, check_collapse, fixed_layers,
+from tf_supermask.pruning.saliency import (_loss_fn, check_collapse, fixed_layers,
                                            kernel_values, random_masks, take_batches)
 from tf_supermask.counting import kept_counts
-from tf_supermask.pruning.select import top_masks
+from tf_supermask.sparsity import Mask
+from tf_supermask import streams
 
 # Haroon's paper has no public code: its counts are round(density x size) (our choice).
 HAROON_COUNT_RULE = "nearest"
@@ -148,7 +149,8 @@ def kstarts_masks(model, batches, sparsity, scope="layer", k=5, epochs=1, fitnes
     for index in range(int(k)):
         restore(model, start)
         _set_data_epoch(batches, data_epoch)
-        masks = random_masks(model, sparsity, scope, seed=_seed_list(seed) + [1, index],
+        masks = random_masks(model, sparsity, scope,
+                             seed=streams.seed("kstarts_candidate", seed, index),
                              rule=HAROON_COUNT_RULE)
         set_masks(model, masks)
         history = model.fit(batches, epochs=int(epochs), steps_per_epoch=steps, verbose=verbose,
@@ -236,13 +238,13 @@ def dissipating_step(masks, initial, current, fraction, allowed=None, scope="lay
         remove = {path: max(0, n_kept[path] - int(allowed[path])) for path in masks}
         if not force:
             remove = {path: min(remove[path], n_removable[path]) for path in masks}
-        new = top_masks(change, counts={p: n_kept[p] - remove[p] for p in masks}, eligible=kept)
+        new = Mask.top(change, counts={p: n_kept[p] - remove[p] for p in masks}, eligible=kept)
         removed = sum(remove.values())
     elif scope == "global":
         removed = max(0, sum(n_kept.values()) - int(allowed))
         if not force:
             removed = min(removed, sum(n_removable.values()))
-        new = top_masks(change, total=sum(n_kept.values()) - removed, eligible=kept)
+        new = Mask.top(change, total=sum(n_kept.values()) - removed, eligible=kept)
     else:
         raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
     within = sum(int((removable[p] & (new[p] == 0)).sum()) for p in masks)

@@ -8,23 +8,17 @@ is imported when it is checked.
 
 import dataclasses
 
-from tf_supermask.config import option
+from tf_supermask.choices import (COLLAPSE_POLICIES, DISSIPATING_SCHEDULES,  # noqa: F401
+                                  DISSIPATING_TARGETS, FITNESSES, GRADUAL_SCHEDULES,
+                                  KSTARTS_MODES, PRUNE_METHODS, SCOPE_CHOICES, SCOPES)
+from tf_supermask.choices import PRUNE_METHOD_SCOPES as METHOD_SCOPES
+from tf_supermask.config import ConfigGroup, option
 
-SCOPES = ("layer", "global")  # one fraction per layer, or all masked weights ranked together
-# The pruning-at-initialization methods (registered in tf_supermask.pruning.at_init) and the
-# scope each uses under --scope=auto: global for the saliency methods, as their papers.
-METHOD_SCOPES = {"random": "layer", "magnitude": "global", "snip": "global", "grasp": "global",
-                 "synflow": "global", "kstarts": "layer", "dissipating": "layer",
-                 "kstarts_dissipating": "layer"}
-SCOPE_CHOICES = ("auto",) + SCOPES
-COLLAPSE_POLICIES = ("warn", "error")
-# Haroon's K-starts and dissipating gradients (tf_supermask.pruning.haroon).
-FITNESSES = ("magnitude", "gradient", "both")
-DISSIPATING_SCHEDULES = ("geometric", "linear", "greedy")
-KSTARTS_MODES = ("continue", "rewind")
-DISSIPATING_TARGETS = ("none", "calibrate", "reach")
-# Gradual magnitude pruning on tfmot schedules (tf_supermask.pruning.gradual).
-GRADUAL_SCHEDULES = ("polynomial", "constant")
+# The choice lists live in tf_supermask.choices (re-exported here): SCOPES (one fraction
+# per layer, or all masked weights ranked together); METHOD_SCOPES, the pruning-at-
+# initialization methods (registered in tf_supermask.pruning.at_init) and the scope each
+# uses under --scope=auto; Haroon's K-starts and dissipating options
+# (tf_supermask.pruning.haroon); the tfmot schedules of gradual pruning.
 
 
 def density_of(sparsity):
@@ -33,7 +27,7 @@ def density_of(sparsity):
 
 
 @dataclasses.dataclass
-class PruneOptions:
+class PruneOptions(ConfigGroup):
     """How a mask is chosen at initialization; every field is also a flag.
 
     ``sparsity`` is the fraction of masked weights PRUNED (the rest of the
@@ -42,7 +36,7 @@ class PruneOptions:
 
     method: str = option("random", "Pruning-at-initialization method: random, magnitude, snip, "
                          "grasp, synflow, kstarts, dissipating, kstarts_dissipating.",
-                         tuple(METHOD_SCOPES))
+                         PRUNE_METHODS)
     sparsity: float = option(0.9, "Fraction of the masked weights PRUNED, in [0, 1) (weights "
                                   "remaining = 1 - sparsity).")
     scope: str = option("auto", "layer: prune the fraction --sparsity of every masked layer; "
@@ -107,6 +101,13 @@ class PruneOptions:
                                                    "in log density, done by K-starts: K-starts "
                                                    "keeps (1 - sparsity) ** split, dissipating "
                                                    "takes it to the target.")
+
+    def __post_init__(self):
+        pass  # as before groups: checked by validate() (its configuration's) on request
+
+    def validate(self):
+        """PruneOptions' own checks (``check`` adds the generic ones): validate_options."""
+        PruneOptions.validate_options(self)
 
     def validate_options(self):
         """Raises a ValueError naming the flag for an unusable setting."""

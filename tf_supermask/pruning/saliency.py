@@ -8,7 +8,7 @@ of the weights is removed in each layer (``scope="layer"``) or over all
 masked layers at once (``scope="global"``). Scores are computed with
 ``keras.ops`` and the gradient helper of ``tf_supermask.backend``, so they
 run on any backend; the selection itself is NumPy
-(``tf_supermask.pruning.select``).
+(``tf_supermask.sparsity.Mask.top``).
 
 - random: uniform random scores.
 - magnitude: |w| at initialization.
@@ -32,7 +32,8 @@ from tf_supermask.backend import gradient_function, value_and_grads
 from tf_supermask.layers import masked_layers, set_masks
 from tf_supermask.pruning.options import SCOPES, density_of
 from tf_supermask.counting import kept_counts
-from tf_supermask.pruning.select import collapsed_layers, top_masks
+from tf_supermask.sparsity import Mask
+from tf_supermask import streams
 
 # Synaptic-Flow's Pruner.mask prunes int((1 - density) * N) (tf_supermask.counting); it
 # is the reference of every method here (random, magnitude, SNIP, GraSP, SynFlow).
@@ -91,7 +92,7 @@ def select_masks(scores, sparsity, scope, eligible=None, rule=SALIENCY_COUNT_RUL
     if scope not in SCOPES:
         raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
     density = density_of(sparsity) if density is None else float(density)
-    return top_masks(scores, **kept_counts(scores, kept=density, scope=scope, rule=rule),
+    return Mask.top(scores, **kept_counts(scores, kept=density, scope=scope, rule=rule),
                      eligible=eligible)
 
 
@@ -129,7 +130,7 @@ def check_collapse(masks, policy="warn", when="the mask"):
     Returns:
       The list of collapsed kernel paths.
     """
-    collapsed = collapsed_layers(masks)
+    collapsed = Mask(masks).collapsed()
     for path in collapsed:
         message = (f"layer collapse: {when} keeps no weight of {path}, so no signal passes "
                    "through that layer; lower the sparsity or use --scope=layer")
@@ -148,13 +149,9 @@ def sparsity_per_layer(masks):
 # Scores.
 
 
-def _seed_list(seed):
-    return [int(part) for part in np.atleast_1d(seed)]
-
-
 def random_scores(model, seed):
     """Uniform random scores from a generator seeded with `seed` (an int or a list of ints)."""
-    rng = np.random.default_rng(_seed_list(seed) + [17])
+    rng = streams.rng("random_scores", seed)
     return {path: rng.random(np.shape(value)) for path, value in kernel_values(model).items()}
 
 

@@ -53,11 +53,11 @@ import sys
 import time
 from typing import Dict, List, Optional, Sequence, TextIO, Tuple
 
+from tf_supermask.choices import RESULTS_FILE, RUN_CONTROL_FIELDS
 from tf_supermask.files import write_atomic
 
 BINARIES = ("train", "lottery", "prune_init", "finetune")
 DEFAULT_BINARY = "train"
-RESULTS_FILE = "results.json"
 # Written by the runner for a job that exited 0 without leaving results.json in
 # its run directory (a non-chief task of a multi-worker run writes none), so that
 # a rerun skips it like the others.
@@ -65,10 +65,9 @@ DONE_SUFFIX = ".done"
 SUMMARY_FIELDS = ("job", "binary", "flagfile", "extra_flags", "status", "test_accuracy",
                   "weights_remaining", "train_seconds", "wall_seconds")
 RESERVED_FLAGS = ("run_dir", "flagfile")
-# Flags that change how a job runs, not what it computes (TrainConfig's RUN_CONTROL_FIELDS,
-# less run_dir): left out of job names, so changing them does not rerun finished jobs.
-RUN_CONTROL_FLAGS = ("overwrite", "export", "verbose", "data_workers", "input_pipeline",
-                     "steps_per_execution")
+# Flags that change how a job runs, not what it computes (RUN_CONTROL_FIELDS less run_dir):
+# left out of job names, so changing them does not rerun finished jobs.
+RUN_CONTROL_FLAGS = tuple(name for name in RUN_CONTROL_FIELDS if name != "run_dir")
 # Written into an output folder the runner uses: its summary files may be rewritten.
 MARKER_FILE = ".tf-supermask-batch"
 MAX_NAME_LENGTH = 120

@@ -76,10 +76,12 @@ def _precision(mixed_precision):
         keras.mixed_precision.set_global_policy(previous)
 
 
-def _compiled(model_name, mask, k, jit_compile, seed, steps, steps_per_execution=1):
+def _compiled(model_name, mask, k, jit_compile, seed, steps, steps_per_execution=1,
+              topk_method="auto"):
     keras.utils.set_random_seed(seed)
     shape = input_shape_for(model_name)
-    model = build_model(model_name, shape, 10, MaskOptions(mask=mask, k=k, seed=seed))
+    model = build_model(model_name, shape, 10, MaskOptions(mask=mask, k=k, seed=seed,
+                                                           topk_method=topk_method))
     compile_model(model, TrainConfig(optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=1e-4,
                                      jit_compile=jit_compile,
                                      steps_per_execution=steps_per_execution), steps)
@@ -108,7 +110,7 @@ CONTROL = "dense_control"  # a second dense model, timed like the others: the no
 
 def measure_model(model_name, masks, batch_size=128, steps=0, repeats=3, k=0.5,
                   jit_compile="auto", seed=0, target_seconds=2.0, epochs=True,
-                  input_pipeline="host", steps_per_execution=1):
+                  input_pipeline="host", steps_per_execution=1, topk_method="auto"):
     """Best step time and epoch time per step (seconds) of each mask mode of one model.
 
     All modes are compiled and warmed up first, then timed in `repeats`
@@ -131,7 +133,7 @@ def measure_model(model_name, masks, batch_size=128, steps=0, repeats=3, k=0.5,
     models, step_seconds = {}, {}
     for mask in masks:
         models[mask] = _compiled(model_name, "dense" if mask == CONTROL else mask, k, jit_compile,
-                                 seed, max(steps, 1), steps_per_execution)
+                                 seed, max(steps, 1), steps_per_execution, topk_method)
         _timed_epoch(models[mask], warmup)
         step_seconds[mask] = _timed_epoch(models[mask], warmup) / 3
     if not steps:
@@ -173,24 +175,20 @@ def run_benchmark(models, masks, batch_size=128, steps=0, repeats=3, k=0.5, jit_
         masks = list(masks) + [CONTROL]
     if topk_method != "auto":
         masks_lib.TOPK_METHODS.get(topk_method)
-    previous_method, masks_lib.TOPK_METHOD = masks_lib.TOPK_METHOD, topk_method
-    previous_fused, fused_lib.ENABLED = fused_lib.ENABLED, fused
-    fused_ran = fused and fused_lib.available(keras.ops.zeros(()))
     records = []
-    try:
+    with fused_lib.switched(fused):
+        fused_ran = fused and fused_lib.available(keras.ops.zeros(()))
         with _precision(mixed_precision):
             for model_name in models:
                 best = measure_model(model_name, masks, batch_size, steps, repeats, k,
                                      jit_compile, epochs=epochs, input_pipeline=input_pipeline,
-                                     steps_per_execution=steps_per_execution)
+                                     steps_per_execution=steps_per_execution,
+                                     topk_method=topk_method)
                 for mask in masks:
                     records.append(_record(model_name, mask, best, batch_size, log, {
                         "input_pipeline": input_pipeline, "mixed_precision": mixed_precision,
                         "steps_per_execution": steps_per_execution, "topk_method": topk_method,
                         "k": k, "fused": fused_ran}))
-    finally:
-        masks_lib.TOPK_METHOD = previous_method
-        fused_lib.ENABLED = previous_fused
     return records
 
 

@@ -5,10 +5,8 @@ import os
 
 import numpy as np
 
+from tf_supermask.choices import FINAL_MODEL, RESULTS_FILE
 from tf_supermask.files import atomic_file
-
-FINAL_MODEL = os.path.join("checkpoints", "final.keras")
-RESULTS_FILE = "results.json"
 
 
 def layer_sparsity(run_dir):

@@ -29,7 +29,7 @@ import math
 import keras
 from keras import ops
 
-WEIGHT_DECAY_MODES = ("auto", "l2", "decoupled")
+from tf_supermask.choices import WEIGHT_DECAY_MODES, resolve_weight_decay_mode  # noqa: F401
 
 
 class _L2GradientPenalty:
@@ -241,26 +241,6 @@ def learning_rate(config, steps_per_epoch):
         hold = steps_per_epoch if config.lr_schedule == "cosine_epoch" else 1
         rate = WarmupSchedule(rate, warmup_steps, config.lr, hold_steps=hold)
     return rate
-
-
-def resolve_weight_decay_mode(optimizer, mode):
-    """The weight-decay rule ("l2" or "decoupled") for `optimizer` under `mode`.
-
-    ``auto`` is ``decoupled`` for adamw (its defining rule) and ``l2`` otherwise
-    (PyTorch's rule, that of the reference implementations).
-
-    Raises:
-      ValueError: an unknown mode, or ``l2`` with adamw.
-    """
-    if mode not in WEIGHT_DECAY_MODES:
-        raise ValueError(f"--weight_decay_mode must be one of {WEIGHT_DECAY_MODES}, got {mode!r}")
-    if mode == "auto":
-        return "decoupled" if optimizer == "adamw" else "l2"
-    if mode == "l2" and optimizer == "adamw":
-        raise ValueError("--weight_decay_mode=l2 does not apply to adamw (whose decay is "
-                         "decoupled by definition): use --optimizer=adam with l2, or "
-                         "--weight_decay_mode=decoupled")
-    return mode
 
 
 def build_optimizer(config, steps_per_epoch):

@@ -74,19 +74,19 @@ def best_epoch_results(history, epochs, validation_is_test):
     return results
 
 
-def mask_summary(config, model):
-    """What governs the run's mask, for its banner: k for top-k, the weights remaining
-    for a given (fixed) mask, e.g. a lottery level's or a prune-at-init method's."""
-    if config.mask == "topk":
-        return f"mask=topk k={config.k}"
-    if config.mask == "bernoulli":
+def mask_summary(mask, k, model):
+    """What governs the run's mask (--mask, --k), for its banner: k for top-k, the weights
+    remaining for a given (fixed) mask, e.g. a lottery level's or a prune-at-init method's."""
+    if mask == "topk":
+        return f"mask=topk k={k}"
+    if mask == "bernoulli":
         return "mask=bernoulli (learned)"
     from tf_supermask.layers import weights_remaining
 
     remaining, _ = weights_remaining(model)
-    if config.mask == "dense" and remaining >= 1.0:
+    if mask == "dense" and remaining >= 1.0:
         return "dense"
-    return (f"mask={config.mask}, {100 * remaining:.3g}% of weights remaining "
+    return (f"mask={mask}, {100 * remaining:.3g}% of weights remaining "
             f"(sparsity {100 * (1 - remaining):.3g}%)")
 
 

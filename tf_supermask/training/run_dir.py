@@ -14,11 +14,12 @@ import os
 import shutil
 import socket
 
+from tf_supermask import choices
 from tf_supermask.files import (KILL_ENV, atomic_file, file_mode, kill_point,  # noqa: F401
                                 write_atomic)
 
-FLAGS_FILE = "flags.txt"
-RESULTS_FILE = "results.json"
+FLAGS_FILE = choices.FLAGS_FILE
+RESULTS_FILE = choices.RESULTS_FILE
 LOCK_FILE = ".lock"
 
 
@@ -241,3 +242,20 @@ def require_run(run_dir, *needed):
     if missing:
         raise FileNotFoundError(f"{run_dir}: the run has not finished (no "
                                 f"{' or '.join(missing)})")
+
+
+def dataset_stem(config):
+    """The dataset's name in a directory name (an .npz path's file name without .npz)."""
+    return os.path.splitext(os.path.basename(config.dataset))[0]
+
+
+def default_run_dir(config, *parts, root="runs"):
+    """The one default-directory rule of every binary: ``root/<parts>_<hash>``, the parts
+    joined by "_", then a hash of the non-default flags other than run control (two runs
+    with other flags get other folders; a flag added later, at its default, keeps old
+    names)."""
+    from tf_supermask.choices import RUN_CONTROL_FIELDS
+    from tf_supermask.config import config_hash
+
+    name = "_".join(str(part) for part in parts if part != "")
+    return os.path.join(root, f"{name}_{config_hash(config, RUN_CONTROL_FIELDS)}")

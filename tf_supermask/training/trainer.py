@@ -6,29 +6,30 @@ import shutil
 import keras
 import numpy as np
 
+from tf_supermask import choices
 from tf_supermask import data as data_lib
-from tf_supermask.config import config_hash, to_flagfile
-from tf_supermask.layers import weights_remaining
+from tf_supermask.config import to_flagfile
+from tf_supermask.layers import fused, masked_layers, weights_remaining
 from tf_supermask.models import build_model
+from tf_supermask.points import TrainingPoint
 from tf_supermask.training import records as records_lib
 from tf_supermask.training import run_dir as run_dir_lib
 from tf_supermask.training.callbacks import (RunBackup, WeightsRemainingLogger,
                                              check_finite_history, tensorboard_available,
                                              tensorflow_available)
-from tf_supermask.training.config import RUN_CONTROL_FIELDS, TrainConfig
+from tf_supermask.training.config import RUN_CONTROL_FIELDS, PatchesConfig, TrainConfig
 from tf_supermask.training.distribute import (adapt_model, make_strategy, strategy_scope,
                                               task_run_dir)
 from tf_supermask.training.optim import build_optimizer
 
 INITIAL_WEIGHTS = os.path.join("checkpoints", "initial.weights.h5")
-FINAL_MODEL = os.path.join("checkpoints", "final.keras")
+FINAL_MODEL = choices.FINAL_MODEL
 
 
 def default_run_dir(config, root="runs"):
     """runs/<model>_<mask>_<dataset>_<hash of the non-default flags>."""
-    dataset = os.path.splitext(os.path.basename(config.dataset))[0]
-    return os.path.join(root, f"{config.model}_{config.mask}_{dataset}_"
-                              f"{config_hash(config, RUN_CONTROL_FIELDS)}")
+    return run_dir_lib.default_run_dir(config, config.model, config.mask,
+                                       run_dir_lib.dataset_stem(config), root=root)
 
 
 def load_data(config):
@@ -185,7 +186,8 @@ def export_saved_model(model, path, normalization=None):
     export_folded(model, path, normalization)
 
 
-def train(config: TrainConfig, callbacks=(), prepare=None, start_step=0, finish=None):
+def train(config: TrainConfig, callbacks=(), prepare=None, start_step=0, finish=None,
+          data=None):
     """Runs (or resumes) one training run and writes its run directory.
 
     Args:
@@ -206,8 +208,12 @@ def train(config: TrainConfig, callbacks=(), prepare=None, start_step=0, finish=
         uninterrupted run sees from that step on (the rest of its epoch, then the
         following epochs). The optimizer's own state (step count, slots) is not
         touched: a fresh optimizer starts at 0.
-      finish: optional ``finish(results)`` returning a dict merged into the results
-        before ``results.json`` is written (once, complete).
+      finish: optional ``finish(results, model)`` returning a dict merged into the
+        results before ``results.json`` is written (once, complete); `results` holds
+        ``run_dir`` there, `model` is the final model (``experiments.stages.record_mask``
+        writes the final mask this way).
+      data: optional ``(dataset, normalization)`` already loaded (``load_data``), so an
+        experiment's stages share one load.
 
     Returns:
       The results dictionary also written to ``results.json``.
@@ -223,12 +229,14 @@ def train(config: TrainConfig, callbacks=(), prepare=None, start_step=0, finish=
     # run writes its copy of the run elsewhere.
     strategy = make_strategy(config.strategy)
     chief_run_dir, run_dir = run_dir, task_run_dir(strategy, run_dir)
-    dataset, normalization = load_data(config)  # fails before the run directory is touched
+    # Loading fails before the run directory is touched.
+    dataset, normalization = load_data(config) if data is None else data
     flagfile = to_flagfile(config)
     state = run_dir_lib.check(run_dir, flagfile, config.overwrite, ignore=RUN_CONTROL_FIELDS)
     try:
-        results = _train_locked(config, run_dir, state, flagfile, dataset, normalization,
-                                strategy, callbacks, prepare, start_step, finish)
+        with fused.switched(config.fused_kernels) as fused_ran:  # --fused_kernels, this run
+            results = _train_locked(config, run_dir, state, flagfile, dataset, normalization,
+                                    strategy, callbacks, prepare, start_step, finish, fused_ran)
     finally:
         run_dir_lib.release(run_dir)
     if run_dir != chief_run_dir:  # a non-chief worker's copy
@@ -241,9 +249,23 @@ def train(config: TrainConfig, callbacks=(), prepare=None, start_step=0, finish=
     return results
 
 
+def _fused_ran(model, traced, nothing_trained):
+    """Whether the fused CPU mask kernels served the run: a fused op was traced in this
+    attempt, or (an attempt resumed after the last epoch, which traces no training step)
+    they serve this model's masked layers here, as they did for the attempts before."""
+    if traced():
+        return True
+    if not nothing_trained:
+        return False
+    modes = {layer.mask_mode for layer in masked_layers(model)}
+    return bool(modes & {"topk", "bernoulli", "fixed"}) and fused.available(
+        keras.ops.zeros((), "float32"))
+
+
 def _train_locked(config, run_dir, state, flagfile, dataset, normalization, strategy, callbacks,
-                  prepare, start_step=0, finish=None):
-    """train() once `run_dir` is locked and `state` ("new", "resume", "replace") decided."""
+                  prepare, start_step=0, finish=None, fused_ran=lambda: False):
+    """train() once `run_dir` is locked and `state` ("new", "resume", "replace") decided;
+    `fused_ran()` tells whether the fused mask kernels ran (``fused.switched``)."""
     keras.utils.set_random_seed(config.seed)
     if config.mixed_precision:
         keras.mixed_precision.set_global_policy(
@@ -258,10 +280,12 @@ def _train_locked(config, run_dir, state, flagfile, dataset, normalization, stra
         if rate is not None:
             model.optimizer.learning_rate = rate
     extra_results = {}
-    if config.init == "patches":  # PatchesInit's data step, before the rewind point is saved
-        from tf_supermask.layers.patches import patches_init_from_config
+    if PatchesConfig.applies(config):  # PatchesInit's data step, before the rewind point
+        from tf_supermask.layers.patches import patches_init_from_flags
 
-        extra_results["patches"] = patches_init_from_config(model, config, dataset, normalization)
+        extra_results["patches"] = patches_init_from_flags(
+            model, config.group(PatchesConfig), dataset, normalization, k=config.k,
+            scale_fan=config.scale_fan, seed=config.seed)
     extra_results.update((prepare(model, train_batches, dataset) if prepare else None) or {})
     # The new run has started correctly: only now is a replaced run removed.
     run_dir_lib.begin(run_dir, flagfile, state)
@@ -278,11 +302,12 @@ def _train_locked(config, run_dir, state, flagfile, dataset, normalization, stra
     if config.verbose:
         print(f"{'Resuming' if epochs_done else 'Starting'} {run_dir}"
               f"{f' after epoch {epochs_done}' if epochs_done else ''}: {config.model} "
-              f"{records_lib.mask_summary(config, model)} on {dataset.name} ({dataset.source}), "
+              f"{records_lib.mask_summary(config.mask, config.k, model)} on {dataset.name} "
+              f"({dataset.source}), "
               f"{len(dataset.x_train)} training images")
     # Epochs are numbered as in an uninterrupted run from step 0; with start_step
     # inside an epoch, that epoch trains only its last batches.
-    first_epoch, skip = divmod(int(start_step), steps_per_epoch)
+    first_epoch, skip = TrainingPoint("step", start_step).epoch_and_batch(steps_per_epoch)
     if int(extra_results.get("start_epoch", 0)) > first_epoch:  # trained inside prepare
         first_epoch, skip = int(extra_results["start_epoch"]), 0
     epoch = max(epochs_done, first_epoch)
@@ -324,6 +349,11 @@ def _train_locked(config, run_dir, state, flagfile, dataset, normalization, stra
         "history": backup.history,
         "dataset_source": dataset.source,
         "backend": keras.backend.backend(),
+        # What ran, beside the flags in flags.txt: whether the fused CPU kernels did (they
+        # draw other Bernoulli masks), and the top-k select asked for (every select keeps
+        # the same weights; it changes the speed).
+        "fused_kernels_ran": _fused_ran(model, fused_ran, epochs_done >= config.epochs),
+        "topk_method": config.topk_method,
         # What the model's inputs were: (images / 255 - mean) / std per channel.
         "normalization": {"mean": [float(v) for v in np.atleast_1d(normalization[0])],
                           "std": [float(v) for v in np.atleast_1d(normalization[1])]},
@@ -332,7 +362,7 @@ def _train_locked(config, run_dir, state, flagfile, dataset, normalization, stra
         backup.history, config.epochs, validation_is_test=validation_batches is test_batches))
     results.update(extra_results)
     if finish is not None:
-        results.update(finish(results) or {})
+        results.update(finish(dict(results, run_dir=run_dir), model) or {})
     if config.export:
         export_saved_model(model, os.path.join(run_dir, "saved_model"), normalization)
     run_dir_lib.write_json(os.path.join(run_dir, run_dir_lib.RESULTS_FILE), results)
