@@ -122,7 +122,7 @@ class Experiment:
         done = self.finished(name)
         if done is not None:
             if self.config.verbose:
-                print(f"{name}: finished earlier, skipped")
+                print(f"{name.replace('_', ' ')}: finished earlier, skipped")
             return dict(done, finished_earlier=True)
         config = dataclasses.replace(config, run_dir=self.path(name), overwrite=False)
         results = train(config, callbacks=self.callbacks + list(callbacks), prepare=prepare,
