@@ -92,6 +92,10 @@ class MaskedLayer(keras.layers.Layer):
     def output_channels(self):
         raise NotImplementedError
 
+    def bias_shape(self):
+        """Shape of the bias (one per output channel unless a kind says otherwise)."""
+        return (self.output_channels(),)
+
     def build(self, input_shape):
         shape = self.kernel_shape(input_shape)
         self.kernel_variable = self.add_weight(name="kernel", shape=shape,
@@ -104,7 +108,7 @@ class MaskedLayer(keras.layers.Layer):
                                                           initializer="zeros", trainable=False)
         self.bias = None
         if self.use_bias:
-            self.bias = self.add_weight(name="bias", shape=(self.output_channels(),),
+            self.bias = self.add_weight(name="bias", shape=self.bias_shape(),
                                         initializer=self.bias_initializer,
                                         trainable=self.train_bias)
 
