@@ -3,6 +3,8 @@ for the bare training step and for whole epochs through the input pipeline.
 
     tf-supermask-bench --models=fc,conv2,conv4,conv6 --masks=dense,bernoulli,topk,fixed \
         --output=runs/results/bench_cpu.json
+    tf-supermask-bench --models=keras.applications.ResNet50 --image_size=64 --batch_size=32 \
+        --masks=dense,topk,bernoulli,fixed --noepochs
 """
 
 import json
@@ -12,7 +14,14 @@ from absl import flags
 
 from tf_supermask.bin.common import run_main
 
-flags.DEFINE_list("models", ["fc", "conv2", "conv4", "conv6"], "Registered models to measure.")
+flags.DEFINE_list("models", ["fc", "conv2", "conv4", "conv6"],
+                  "Models to measure: registered names (fc, conv4, resnet20, ...) or "
+                  "keras.applications constructors written keras.applications.NAME (e.g. "
+                  "keras.applications.ResNet50,keras.applications.MobileNetV2): built with "
+                  "weights=None on --image_size inputs, timed dense and sparsified "
+                  "(tf_supermask.models.sparsify) in each mask mode.")
+flags.DEFINE_integer("image_size", 0, "Side of the square RGB inputs of keras.applications "
+                     "models (0: 64) and of registered image models (0: 32).")
 flags.DEFINE_list("masks", ["dense", "bernoulli", "topk", "fixed"], "Mask modes to measure.")
 flags.DEFINE_integer("batch_size", 128, "Batch size.")
 flags.DEFINE_integer("steps", 0, "Steps per timed round (0: about 2 seconds' worth).")
@@ -44,7 +53,7 @@ def main(argv):
                             mixed_precision=FLAGS.mixed_precision,
                             steps_per_execution=FLAGS.steps_per_execution,
                             topk_method=FLAGS.topk_method, fused=FLAGS.fused,
-                            control=FLAGS.control)
+                            control=FLAGS.control, image_size=FLAGS.image_size)
     if FLAGS.output:
         os.makedirs(os.path.dirname(os.path.abspath(FLAGS.output)), exist_ok=True)
         with open(FLAGS.output, "w") as stream:

@@ -154,6 +154,18 @@ def _zeros(seed=None, fan_scale=1.0):
 INITIALIZERS.check_complete()
 
 
+# The recipes' initializers of a masked layer (MaskOptions' defaults): the kernel's, and the
+# scores' per mask mode (edge-popup's uniform(+-1/sqrt(fan_in)) for topk, Zhou et al.'s
+# uniform for bernoulli). A masked layer built directly gets the same.
+DEFAULT_KERNEL_INIT = "kaiming_normal"
+DEFAULT_SCORE_INIT = {"bernoulli": "uniform", "topk": "kaiming_uniform_a_sqrt5"}
+SCORE_SEED_OFFSET = 500  # a layer seeded s draws its scores from s + 500 (streams.layer_scores)
+
+
+def default_score_init(mask):
+    return DEFAULT_SCORE_INIT.get(mask, "kaiming_uniform")
+
+
 def get_initializer(name, seed=None, fan_scale=1.0):
     """Returns the registered initializer `name`, or passes a Keras initializer through."""
     if isinstance(name, keras.initializers.Initializer):

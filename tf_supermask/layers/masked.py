@@ -12,7 +12,8 @@ from keras import ops
 
 from tf_supermask import choices
 from tf_supermask.backend import read
-from tf_supermask.layers.initializers import get_initializer
+from tf_supermask.layers.initializers import (DEFAULT_KERNEL_INIT, SCORE_SEED_OFFSET,
+                                              default_score_init, get_initializer)
 from tf_supermask.counting import check_rule
 from tf_supermask.layers.masks import MASK_MODES, TOPK_COUNT_RULE, check_k
 
@@ -25,8 +26,10 @@ class MaskedLayer(keras.layers.Layer):
       k: fraction of weights kept by "topk", in (0, 1].
       count_rule: how "topk" turns k into a count (``tf_supermask.counting``);
         default edge-popup's: ``n - int((1 - k) * n)`` kept, at least 1.
-      kernel_initializer: registered initializer name or Keras initializer.
-      score_initializer: initializer of the scores ("bernoulli"/"topk").
+      kernel_initializer: registered initializer name or Keras initializer; None:
+        the recipes' kaiming_normal, seeded with `seed`.
+      score_initializer: initializer of the scores ("bernoulli"/"topk"); None: the
+        mode's recipe (``initializers.DEFAULT_SCORE_INIT``), seeded with seed + 500.
       bias_initializer: initializer of the bias.
       use_bias: whether the layer has a bias.
       train_weights: whether the kernel trains (default: per mode, True for
@@ -46,8 +49,8 @@ class MaskedLayer(keras.layers.Layer):
         backend, device and size. All keep the same weights.
     """
 
-    def __init__(self, mask="dense", k=0.5, kernel_initializer="glorot_uniform",
-                 score_initializer="kaiming_uniform", bias_initializer="zeros", use_bias=True,
+    def __init__(self, mask="dense", k=0.5, kernel_initializer=None,
+                 score_initializer=None, bias_initializer="zeros", use_bias=True,
                  train_weights=None, train_bias=None, train_scores=True, rescale=False,
                  eval_sample=False, seed=None, pruned_values=False, activation=None,
                  count_rule=TOPK_COUNT_RULE, topk_method="auto", **kwargs):
@@ -60,8 +63,13 @@ class MaskedLayer(keras.layers.Layer):
             raise ValueError(f"topk_method must be one of {', '.join(choices.TOPK_METHOD_CHOICES)}, "
                              f"got {topk_method!r}")
         self.topk_method = topk_method
-        self.kernel_initializer = get_initializer(kernel_initializer)
-        self.score_initializer = get_initializer(score_initializer)
+        # Unset initializers are the recipes' (MaskOptions' defaults, seeded as a
+        # registered model's layer: the kernel from `seed`, the scores from seed + 500).
+        self.kernel_initializer = get_initializer(
+            DEFAULT_KERNEL_INIT if kernel_initializer is None else kernel_initializer, seed=seed)
+        self.score_initializer = get_initializer(
+            default_score_init(mask) if score_initializer is None else score_initializer,
+            seed=None if seed is None else int(seed) + SCORE_SEED_OFFSET)
         self.bias_initializer = get_initializer(bias_initializer)
         self.use_bias = use_bias
         self.train_weights = self._mode.default_train_weights if train_weights is None else train_weights
@@ -219,9 +227,12 @@ class MaskedDense(MaskedLayer):
       k: fraction of weights kept by ``"topk"``, in (0, 1]. Defaults to 0.5.
       kernel_initializer: registered initializer name (e.g.
         ``"kaiming_normal"``, ``"signed_kaiming_constant"``) or a Keras
-        initializer, for ``W``. Defaults to ``"glorot_uniform"``.
+        initializer, for ``W``. Defaults to None: the recipes'
+        ``"kaiming_normal"``, seeded with ``seed`` (as a registered model's layer).
       score_initializer: initializer of the scores (``"bernoulli"``,
-        ``"topk"``). Defaults to ``"kaiming_uniform"``.
+        ``"topk"``). Defaults to None: the recipe of the mode, seeded with
+        ``seed + 500``: ``"kaiming_uniform_a_sqrt5"`` (edge-popup's
+        ``uniform(+-1/sqrt(fan_in))``) for topk, ``"uniform"`` for bernoulli.
       bias_initializer: initializer of the bias. Defaults to ``"zeros"``.
       use_bias: whether the layer has a bias. Defaults to True.
       train_weights: whether ``W`` trains. Defaults to None: True for
@@ -232,7 +243,9 @@ class MaskedDense(MaskedLayer):
       rescale: multiply the masked kernel by ``n / #kept``. Defaults to False.
       eval_sample: ``"bernoulli"`` only: sample the mask at evaluation too,
         instead of ``s > 0``. Defaults to False.
-      seed: integer seed of the layer's mask sampling (``"bernoulli"``).
+      seed: integer seed of the layer's draws: the default kernel initializer
+        (``seed``), the default score initializer (``seed + 500``) and the
+        ``"bernoulli"`` samples.
         Defaults to None.
       pruned_values: ``"fixed"`` only: pruned entries take frozen values
         instead of zero (Zhou et al.'s "frozen at their initial value").
@@ -342,9 +355,12 @@ class MaskedConv2D(MaskedLayer):
         ``"fixed"``. Defaults to ``"dense"``.
       k: fraction of weights kept by ``"topk"``, in (0, 1]. Defaults to 0.5.
       kernel_initializer: registered initializer name or Keras initializer.
-        Defaults to ``"glorot_uniform"``.
-      score_initializer: initializer of the scores. Defaults to
-        ``"kaiming_uniform"``.
+        Defaults to None: the recipes'
+        ``"kaiming_normal"``, seeded with ``seed`` (as a registered model's layer).
+      score_initializer: initializer of the scores (``"bernoulli"``,
+        ``"topk"``). Defaults to None: the recipe of the mode, seeded with
+        ``seed + 500``: ``"kaiming_uniform_a_sqrt5"`` (edge-popup's
+        ``uniform(+-1/sqrt(fan_in))``) for topk, ``"uniform"`` for bernoulli.
       bias_initializer: initializer of the bias. Defaults to ``"zeros"``.
       use_bias: whether the layer has a bias. Defaults to True.
       train_weights: whether ``W`` trains. Defaults to None: True for
@@ -355,7 +371,8 @@ class MaskedConv2D(MaskedLayer):
       rescale: multiply the masked kernel by ``n / #kept``. Defaults to False.
       eval_sample: ``"bernoulli"`` only: sample at evaluation too. Defaults to
         False.
-      seed: integer seed of the mask sampling. Defaults to None.
+      seed: integer seed of the default initializers (kernel ``seed``, scores
+        ``seed + 500``) and of the mask sampling. Defaults to None.
       pruned_values: ``"fixed"`` only: pruned entries take frozen values
         instead of zero. Defaults to False.
       activation: activation function. Defaults to None.

@@ -6,7 +6,7 @@ from typing import Optional
 import keras
 
 from tf_supermask.layers import MaskedConv2D, MaskedDense, nonaffine_batchnorm
-from tf_supermask.layers.initializers import fan_scale_for, get_initializer
+from tf_supermask.layers.initializers import default_score_init, fan_scale_for, get_initializer
 from tf_supermask import choices
 from tf_supermask.registry import Registry
 from tf_supermask import streams
@@ -18,7 +18,6 @@ BATCHNORMS = choices.BATCHNORMS
 # Score initializers when MaskOptions.score_init is None: Zhou et al.'s uniform
 # for bernoulli, hidden-networks' uniform(+-1/sqrt(fan_in)) for topk;
 # kaiming_uniform (unused: no scores) for the other modes.
-DEFAULT_SCORE_INIT = {"bernoulli": "uniform", "topk": "kaiming_uniform_a_sqrt5"}
 
 
 @dataclasses.dataclass
@@ -30,7 +29,7 @@ class MaskOptions:
       k: fraction of weights kept per layer ("topk"), in (0, 1].
       init: registered weight initializer.
       score_init: registered score initializer ("bernoulli" / "topk"); None: the
-        mode's entry of DEFAULT_SCORE_INIT.
+        mode's entry of ``layers.initializers.DEFAULT_SCORE_INIT``.
       count_rule: how "topk" turns k into a count (``tf_supermask.counting``;
         default edge-popup's ``n - int((1 - k) * n)``).
       scale_fan: how the initializer's fan is scaled (edge-popup's option): "none",
@@ -111,7 +110,7 @@ class MaskOptions:
         if use_bias is None:
             use_bias = train_weights if self.use_bias is None else self.use_bias
         fan_scale = 1.0 if unpruned else fan_scale_for(self.scale_fan, self.k)
-        score_init = self.score_init or DEFAULT_SCORE_INIT.get(self.mask, "kaiming_uniform")
+        score_init = self.score_init or default_score_init(self.mask)
         return dict(mask=mask, k=self.k, count_rule=self.count_rule, topk_method=self.topk_method,
                     rescale=self.rescale and not unpruned,
                     train_weights=train_weights,

@@ -50,15 +50,54 @@ class _EpochTimer(keras.callbacks.Callback):
         self.seconds.append(time.perf_counter() - self._start)
 
 
-def input_shape_for(model_name):
-    """MNIST-shaped inputs for fc, CIFAR-shaped for the rest."""
-    return (28, 28, 1) if model_name == "fc" else (32, 32, 3)
+APPLICATIONS = "keras.applications."  # --models=keras.applications.ResNet50
+APPLICATION_IMAGE_SIZE = 64  # default side of a keras.applications model's inputs
+
+
+def application_name(model_name):
+    """The ``keras.applications`` constructor a model name asks for, or None.
+
+    ``keras.applications.ResNet50`` (or the bare constructor name ``ResNet50`` when no
+    registered model has that name) names ``keras.applications.ResNet50``.
+
+    Raises:
+      ValueError: ``keras.applications.NAME`` where Keras has no such constructor.
+    """
+    if model_name in MODELS.names():
+        return None
+    name = model_name[len(APPLICATIONS):] if model_name.startswith(APPLICATIONS) else model_name
+    if name and name[0].isupper() and callable(getattr(keras.applications, name, None)):
+        return name
+    if model_name.startswith(APPLICATIONS):
+        raise ValueError(f"keras.applications has no model {name!r} (e.g. "
+                         "keras.applications.ResNet50, keras.applications.MobileNetV2)")
+    return None
+
+
+def input_shape_for(model_name, image_size=0):
+    """MNIST-shaped inputs for fc, CIFAR-shaped for the other registered models;
+    ``image_size`` x ``image_size`` x 3 (default 64) for a keras.applications model
+    (``image_size`` also overrides the side of a registered image model)."""
+    if application_name(model_name):
+        side = image_size or APPLICATION_IMAGE_SIZE
+        return (side, side, 3)
+    if model_name == "fc":
+        return (28, 28, 1)
+    return (image_size, image_size, 3) if image_size else (32, 32, 3)
+
+
+def build_application(model_name, input_shape, classes=10):
+    """A ``keras.applications`` model with random weights (``weights=None``) and logits."""
+    constructor = getattr(keras.applications, application_name(model_name))
+    return constructor(weights=None, input_shape=input_shape, classes=classes,
+                       classifier_activation=None)
 
 
 def check_names(models, masks):
     """Raises a ValueError naming the choices for an unknown model or mask mode."""
     for name in models:
-        MODELS.get(name)
+        if not application_name(name):
+            MODELS.get(name)
     for name in masks:
         masks_lib.MASK_MODES.get("dense" if name == CONTROL else name)
 
@@ -77,11 +116,19 @@ def _precision(mixed_precision):
 
 
 def _compiled(model_name, mask, k, jit_compile, seed, steps, steps_per_execution=1,
-              topk_method="auto"):
+              topk_method="auto", image_size=0):
     keras.utils.set_random_seed(seed)
-    shape = input_shape_for(model_name)
-    model = build_model(model_name, shape, 10, MaskOptions(mask=mask, k=k, seed=seed,
-                                                           topk_method=topk_method))
+    shape = input_shape_for(model_name, image_size)
+    if application_name(model_name):
+        # The dense original, or sparsify's masked copy of it (the recipes' defaults).
+        from tf_supermask.models import sparsify
+
+        model = build_application(model_name, shape)
+        if mask != "dense":
+            model = sparsify(model, mask=mask, k=k, seed=seed, topk_method=topk_method)
+    else:
+        model = build_model(model_name, shape, 10, MaskOptions(mask=mask, k=k, seed=seed,
+                                                               topk_method=topk_method))
     compile_model(model, TrainConfig(optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=1e-4,
                                      jit_compile=jit_compile,
                                      steps_per_execution=steps_per_execution), steps)
@@ -94,9 +141,9 @@ def _timed_epoch(model, data):
     return timer.seconds[0]
 
 
-def epoch_batches(model_name, batch_size, steps, input_pipeline="host", seed=0):
+def epoch_batches(model_name, batch_size, steps, input_pipeline="host", seed=0, image_size=0):
     """A synthetic uint8 training set of `steps` batches behind the run's input pipeline."""
-    shape = input_shape_for(model_name)
+    shape = input_shape_for(model_name, image_size)
     rng = np.random.default_rng(seed)
     x = rng.integers(0, 256, size=(batch_size * steps,) + shape, dtype=np.uint8)
     y = rng.integers(0, 10, size=(batch_size * steps,))
@@ -110,7 +157,8 @@ CONTROL = "dense_control"  # a second dense model, timed like the others: the no
 
 def measure_model(model_name, masks, batch_size=128, steps=0, repeats=3, k=0.5,
                   jit_compile="auto", seed=0, target_seconds=2.0, epochs=True,
-                  input_pipeline="host", steps_per_execution=1, topk_method="auto"):
+                  input_pipeline="host", steps_per_execution=1, topk_method="auto",
+                  image_size=0):
     """Best step time and epoch time per step (seconds) of each mask mode of one model.
 
     All modes are compiled and warmed up first, then timed in `repeats`
@@ -126,21 +174,22 @@ def measure_model(model_name, masks, batch_size=128, steps=0, repeats=3, k=0.5,
       epochs (None unless `epochs`)}}.
     """
     rng = np.random.default_rng(seed)
-    shape = input_shape_for(model_name)
+    shape = input_shape_for(model_name, image_size)
     x = rng.normal(size=(batch_size,) + shape).astype("float32")
     y = rng.integers(0, 10, size=(batch_size,))
     warmup = _RepeatedBatch(x, y, 3)
     models, step_seconds = {}, {}
     for mask in masks:
         models[mask] = _compiled(model_name, "dense" if mask == CONTROL else mask, k, jit_compile,
-                                 seed, max(steps, 1), steps_per_execution, topk_method)
+                                 seed, max(steps, 1), steps_per_execution, topk_method,
+                                 image_size)
         _timed_epoch(models[mask], warmup)
         step_seconds[mask] = _timed_epoch(models[mask], warmup) / 3
     if not steps:
         steps = max(5, int(target_seconds / max(step_seconds.values())))
     data = _RepeatedBatch(x, y, steps)
-    epoch_data = epoch_batches(model_name, batch_size, steps, input_pipeline, seed) if epochs \
-        else None
+    epoch_data = epoch_batches(model_name, batch_size, steps, input_pipeline, seed,
+                               image_size) if epochs else None
     if epochs:
         for mask in masks:  # compiles for the pipeline's label dtype, fills its caches
             _timed_epoch(models[mask], epoch_data)
@@ -158,7 +207,8 @@ def measure_model(model_name, masks, batch_size=128, steps=0, repeats=3, k=0.5,
 
 def run_benchmark(models, masks, batch_size=128, steps=0, repeats=3, k=0.5, jit_compile="auto",
                   log=print, epochs=True, input_pipeline="host", mixed_precision=False,
-                  steps_per_execution=1, topk_method="auto", fused=True, control=False):
+                  steps_per_execution=1, topk_method="auto", fused=True, control=False,
+                  image_size=0):
     """Records per (model, mask): bare-step and whole-epoch images/s with masked/dense ratios.
 
     Each record has model, mask, batch_size, images_per_s, step_ms and
@@ -169,6 +219,11 @@ def run_benchmark(models, masks, batch_size=128, steps=0, repeats=3, k=0.5, jit_
     off the fused CPU mask kernels (``layers/fused.py``); records say whether they ran.
     `control` adds a second dense model (mask CONTROL), timed in the same rounds:
     its ratio to dense is the noise floor of the other ratios.
+
+    A model is a registered name or a ``keras.applications`` constructor
+    (``keras.applications.ResNet50``): built with ``weights=None`` on
+    ``image_size`` x ``image_size`` x 3 inputs (0: 64) and 10 classes, timed as the
+    dense original ("dense") and as ``sparsify(model, mask=...)`` for the other modes.
     """
     check_names(models, masks)
     if control and "dense" in masks:
@@ -183,9 +238,10 @@ def run_benchmark(models, masks, batch_size=128, steps=0, repeats=3, k=0.5, jit_
                 best = measure_model(model_name, masks, batch_size, steps, repeats, k,
                                      jit_compile, epochs=epochs, input_pipeline=input_pipeline,
                                      steps_per_execution=steps_per_execution,
-                                     topk_method=topk_method)
+                                     topk_method=topk_method, image_size=image_size)
                 for mask in masks:
                     records.append(_record(model_name, mask, best, batch_size, log, {
+                        "input_shape": list(input_shape_for(model_name, image_size)),
                         "input_pipeline": input_pipeline, "mixed_precision": mixed_precision,
                         "steps_per_execution": steps_per_execution, "topk_method": topk_method,
                         "k": k, "fused": fused_ran}))
@@ -206,7 +262,7 @@ def _record(model_name, mask, best, batch_size, log, settings):
               "epoch_ratio_to_dense": ratio("epoch"),
               "backend": keras.backend.backend(), **settings}
     shown = "" if record["ratio_to_dense"] is None else f"  x{record['ratio_to_dense']:.3f} dense"
-    line = (f"{model_name:>8} {mask:>9}: {record['images_per_s']:10.1f} images/s  "
+    line = (f"{model_name.replace(APPLICATIONS, ''):>8} {mask:>9}: {record['images_per_s']:10.1f} images/s  "
             f"{record['step_ms']:8.2f} ms/step{shown}")
     if epoch is not None:
         line += f"  | epochs {record['epoch_images_per_s']:10.1f} images/s"
