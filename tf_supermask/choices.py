@@ -112,6 +112,47 @@ def fused_kernels_default(environ=None):
     return environ.get(FUSED_ENV, "1").strip() != "0"
 
 
+# --model beside the registered names: a user's own model (tf_supermask.models.user).
+USER_MODEL_FORMS = ("keras.applications.<Name> (weights=None, logits)",
+                    "package.module:function (called with input_shape, num_classes)",
+                    "a .keras file", "python:<name> (registered in this process with "
+                    "tf_supermask.models.register_user_model)")
+APPLICATIONS_PREFIX = "keras.applications."
+PYTHON_PREFIX = "python:"
+
+
+def model_kind(name):
+    """"registered", "application", "function", "file" or "python": what --model names;
+    a ValueError listing the forms for anything else."""
+    import re
+
+    if name in MODEL_NAMES:
+        return "registered"
+    if name.startswith(APPLICATIONS_PREFIX) and re.fullmatch(r"\w+", name[len(APPLICATIONS_PREFIX):]):
+        return "application"
+    if name.startswith(PYTHON_PREFIX) and name[len(PYTHON_PREFIX):]:
+        return "python"
+    if name.endswith(".keras"):
+        return "file"
+    if re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", name):
+        return "function"
+    raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(sorted(MODEL_NAMES))}, "
+                     f"or your own: {'; '.join(USER_MODEL_FORMS)}")
+
+
+def model_stem(name):
+    """--model as a part of a folder name: the registered name, the application's or
+    function's name, the .keras file's name."""
+    import os
+
+    kind = model_kind(name)
+    if kind == "file":
+        return os.path.splitext(os.path.basename(name))[0]
+    if kind in ("function", "python"):
+        return name.replace(":", "_").replace(os.sep, "_")
+    return name
+
+
 def check_choice(kind, name, names):
     """Returns `name`; a ValueError naming the choices (sorted) unless it is one of `names`.
 

@@ -34,7 +34,7 @@ from tf_supermask.pruning.gradual import (GradualPruning, prune_by_magnitude, pr
                                           pruning_schedule)
 from tf_supermask.sparsity import MASK_FILE, Mask
 from tf_supermask.training import run_dir as run_dir_lib
-from tf_supermask.training.run_dir import dataset_stem, default_run_dir
+from tf_supermask.training.run_dir import dataset_stem, default_run_dir, model_stem
 
 DENSE_DIR = "dense"
 # Flags of a dense run that must agree with the fine-tuning flags (they shape the network).
@@ -43,7 +43,7 @@ ARCHITECTURE_FLAGS = ("model", "width", "batchnorm", "dataset")
 
 def default_finetune_dir(config, root="runs", kind="finetune"):
     """runs/<kind>_<model>_<method>_<dataset>_<hash of the non-default flags>."""
-    return default_run_dir(config, kind, config.model, config.prune_method, dataset_stem(config),
+    return default_run_dir(config, kind, model_stem(config), config.prune_method, dataset_stem(config),
                            root=root)
 
 

@@ -38,12 +38,12 @@ from tf_supermask import streams
 from tf_supermask.counting import resolve_rule
 from tf_supermask.experiments.config import LotteryConfig
 from tf_supermask.experiments.stages import Experiment, SaveWeightsAtStep, load_weights
-from tf_supermask.layers import MaskedConv2D, masked_layers, set_masks
+from tf_supermask.layers import masked_layers, set_masks
 from tf_supermask.pruning.criteria import criterion_scores
 from tf_supermask.pruning.imp import IterativeMagnitudePruning
 from tf_supermask.sparsity import MASK_FILE, Mask
 from tf_supermask.training import run_dir as run_dir_lib
-from tf_supermask.training.run_dir import dataset_stem, default_run_dir
+from tf_supermask.training.run_dir import dataset_stem, default_run_dir, model_stem
 
 INITIAL = os.path.join("checkpoints", "initial.weights.h5")
 REWIND = os.path.join("checkpoints", "rewind.weights.h5")
@@ -51,7 +51,7 @@ REWIND = os.path.join("checkpoints", "rewind.weights.h5")
 
 def default_experiment_dir(config, root="runs"):
     """runs/lottery_<model>_<dataset>_<criterion>_<hash of the non-default flags>."""
-    return default_run_dir(config, "lottery", config.model, dataset_stem(config),
+    return default_run_dir(config, "lottery", model_stem(config), dataset_stem(config),
                            config.criterion, root=root)
 
 
@@ -99,8 +99,7 @@ def set_kernels(model, values):
 def layer_kinds(model):
     """{kernel path: "conv" | "dense" | "output"}; the last masked layer is the output."""
     layers = _pruned_layers(model)
-    kinds = {layer.kernel_variable.path: "conv" if isinstance(layer, MaskedConv2D) else "dense"
-             for layer in layers}
+    kinds = {layer.kernel_variable.path: layer.kind for layer in layers}
     kinds[layers[-1].kernel_variable.path] = "output"
     return kinds
 

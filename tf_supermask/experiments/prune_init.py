@@ -16,13 +16,13 @@ from tf_supermask.layers import get_masks
 from tf_supermask.pruning.at_init import compute_masks, make_callback
 from tf_supermask.pruning.saliency import sparsity_per_layer
 from tf_supermask.sparsity import MASK_FILE, Mask
-from tf_supermask.training.run_dir import dataset_stem, default_run_dir
+from tf_supermask.training.run_dir import dataset_stem, default_run_dir, model_stem
 
 
 def default_prune_init_run_dir(config, root="runs"):
     """runs/prune_init_<model>_<dataset>_<method>[_shuffled]_s<sparsity>_<hash>."""
     method = config.method + ("_shuffled" if config.shuffle else "")
-    return default_run_dir(config, "prune_init", config.model, dataset_stem(config), method,
+    return default_run_dir(config, "prune_init", model_stem(config), dataset_stem(config), method,
                            f"s{config.sparsity:g}", root=root)
 
 

@@ -16,83 +16,29 @@ uint8 or float32 with values in [0, 255]; the run's normalisation
 a temporary name and renamed into place.
 """
 
-import keras
 import numpy as np
-from keras import ops
 
 from tf_supermask.export.atomic import atomic_path
-from tf_supermask.layers.masked import MaskedConv2D, MaskedDense
 
 SAVED_MODEL_DIR = "saved_model"
 
 
 def folded_kernel(layer):
-    """A masked layer's evaluation kernel as a float32 NumPy array.
-
-    weight * mask, times #weights / #kept if the layer rescales. For a Bernoulli
-    layer that samples at evaluation the thresholded mask (scores > 0) is used.
-    """
-    if layer.is_masked and layer.eval_sample and layer.mask_mode == "bernoulli":
-        mask = layer.get_mask()
-        kernel = layer.kernel_variable * mask
-        if layer.rescale:
-            kept = ops.maximum(ops.sum(mask), 1.0)
-            kernel = kernel * (float(np.prod(mask.shape)) / kept)
-        return np.asarray(ops.convert_to_numpy(kernel), dtype=np.float32)
-    return np.asarray(ops.convert_to_numpy(layer.effective_kernel(training=False)),
-                      dtype=np.float32)
-
-
-def _plain_layer(layer):
-    """The unmasked Keras layer computing what `layer` computes at evaluation, and its weights."""
-    kernel = folded_kernel(layer)
-    common = dict(use_bias=layer.bias is not None, activation=layer.activation, name=layer.name,
-                  dtype=layer.dtype_policy)
-    if isinstance(layer, MaskedDense):
-        plain = keras.layers.Dense(layer.units, **common)
-    elif isinstance(layer, MaskedConv2D):
-        if layer.groups > 1 and layer.groups == layer.filters and kernel.shape[2] == 1:
-            plain = keras.layers.DepthwiseConv2D(layer.kernel_size, strides=layer.strides,
-                                                 padding=layer.padding, depth_multiplier=1,
-                                                 **common)
-            kernel = np.transpose(kernel, (0, 1, 3, 2))
-        else:
-            plain = keras.layers.Conv2D(layer.filters, layer.kernel_size, strides=layer.strides,
-                                        padding=layer.padding, groups=layer.groups, **common)
-    else:
-        raise TypeError(f"cannot fold masked layer {layer.name} of type {type(layer).__name__}")
-    weights = [kernel]
-    if layer.bias is not None:
-        weights.append(ops.convert_to_numpy(layer.bias))
-    return plain, weights
+    """A masked layer's evaluation kernel as a float32 NumPy array
+    (``MaskedLayer.evaluation_kernel``)."""
+    return layer.evaluation_kernel()
 
 
 def fold_masks(model):
-    """A copy of `model` with plain layers whose kernels have the masks folded in.
-
-    Works for functional and Sequential models (nested ones included). The
-    copy holds no scores or mask variables and gives the model's evaluation
-    predictions.
-    """
-    pending = []
-
-    def clone(layer):
-        if isinstance(layer, (MaskedDense, MaskedConv2D)):
-            new, weights = _plain_layer(layer)
-        else:
-            new = layer.__class__.from_config(layer.get_config())
-            weights = layer.get_weights()
-        pending.append((new, weights))
-        return new
+    """A copy of `model` with plain layers whose kernels have the masks folded in
+    (``tf_supermask.models.strip``): no scores or mask variables, the model's
+    evaluation predictions. Functional and Sequential models, nested ones included."""
+    from tf_supermask.models.sparsify import strip
 
     try:
-        folded = keras.models.clone_model(model, clone_function=clone, recursive=True)
+        return strip(model)
     except ValueError as error:
-        raise ValueError(f"cannot fold the masks of model {model.name!r}: only functional and "
-                         f"Sequential models can be folded ({error})") from None
-    for layer, weights in pending:
-        layer.set_weights(weights)
-    return folded
+        raise ValueError(f"cannot fold the masks of model {model.name!r}: {error}") from None
 
 
 def normalization_arrays(normalization, channels):

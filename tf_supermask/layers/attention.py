@@ -114,7 +114,7 @@ class MaskedMultiHeadAttention(keras.layers.MultiHeadAttention):
         layer."""
         for name in PROJECTIONS:
             masked = getattr(self, name)
-            values = [keras.ops.convert_to_numpy(masked.effective_kernel(training=False))]
+            values = [masked.evaluation_kernel()]
             if masked.bias is not None:
                 values.append(keras.ops.convert_to_numpy(masked.bias))
             getattr(plain, name).set_weights(values)

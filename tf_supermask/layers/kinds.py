@@ -41,6 +41,7 @@ class MaskedConv(MaskedLayer):
     ``kernel_size + (input_channels // groups, filters)``."""
 
     rank = None
+    kind = "conv"
 
     def __init__(self, filters, kernel_size=3, strides=1, padding="same", dilation_rate=1,
                  groups=1, data_format=None, **kwargs):
@@ -66,7 +67,12 @@ class MaskedConv(MaskedLayer):
         return self.filters
 
     def apply_kernel(self, inputs, kernel):
-        return ops.conv(inputs, kernel, strides=self.strides, padding=self.padding,
+        padding = self.padding
+        if padding == "causal":  # Conv1D's: pad the past, then a valid convolution
+            left = self.dilation_rate[0] * (self.kernel_size[0] - 1)
+            inputs = ops.pad(inputs, [[0, 0], [left, 0], [0, 0]])
+            padding = "valid"
+        return ops.conv(inputs, kernel, strides=self.strides, padding=padding,
                         dilation_rate=self.dilation_rate)
 
     def _keras_layer(self):
@@ -109,6 +115,8 @@ class MaskedDepthwiseConv2D(MaskedLayer):
     ``output = activation(depthwise_conv(input, W_eff) + bias)``, ``channels x
     depth_multiplier`` output channels."""
 
+    kind = "conv"
+
     def __init__(self, kernel_size=3, strides=1, padding="same", depth_multiplier=1,
                  dilation_rate=1, data_format=None, **kwargs):
         super().__init__(**kwargs)
@@ -147,6 +155,8 @@ class MaskedDepthwiseConv2D(MaskedLayer):
 class MaskedConv2DTranspose(MaskedLayer):
     """``keras.layers.Conv2DTranspose`` with a masked kernel
     ``(kernel_rows, kernel_cols, filters, input_channels)``."""
+
+    kind = "conv"
 
     def __init__(self, filters, kernel_size=3, strides=1, padding="same", output_padding=None,
                  dilation_rate=1, data_format=None, **kwargs):

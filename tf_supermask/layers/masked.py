@@ -90,6 +90,9 @@ class MaskedLayer(keras.layers.Layer):
         # saved before topk_method was recorded used the "auto" select.
         return super().from_config({"count_rule": "nearest", "topk_method": "auto", **config})
 
+    # "conv" or "dense": the kind a per-kind rate applies to (lottery --prune_rate_conv).
+    kind = "dense"
+
     # Subclasses: kernel shape from the input shape, bias size, and the op.
     def kernel_shape(self, input_shape):
         raise NotImplementedError
@@ -138,6 +141,26 @@ class MaskedLayer(keras.layers.Layer):
             kept = ops.maximum(ops.sum(ops.stop_gradient(mask)), 1.0)
             kernel = kernel * (float(math.prod(self.kernel_variable.shape)) / kept)
         return kernel
+
+    def evaluation_kernel(self):
+        """The kernel the layer computes with at evaluation, as a float32 NumPy array: what
+        folding (``strip``, export) puts in a plain layer.
+
+        weight * mask (times #weights / #kept if the layer rescales; frozen pruned values
+        included). A Bernoulli layer that samples at evaluation is thresholded
+        (scores > 0) instead.
+        """
+        import numpy as np
+
+        if self.is_masked and self.eval_sample and self.mask_mode == "bernoulli":
+            mask = self.get_mask()
+            kernel = self.kernel_variable * mask
+            if self.rescale:
+                kept = ops.maximum(ops.sum(mask), 1.0)
+                kernel = kernel * (float(math.prod(mask.shape)) / kept)
+        else:
+            kernel = self.effective_kernel(training=False)
+        return np.asarray(ops.convert_to_numpy(kernel), dtype=np.float32)
 
     @property
     def kernel(self):
@@ -406,6 +429,8 @@ class MaskedConv2D(MaskedLayer):
     >>> tuple(layer(np.zeros((1, 8, 8, 2), "float32")).shape)
     (1, 6, 6, 4)
     """
+
+    kind = "conv"
 
     def __init__(self, filters, kernel_size=3, strides=1, padding="same", groups=1, **kwargs):
         super().__init__(**kwargs)

@@ -44,7 +44,7 @@ from tf_supermask.layers.initializers import fan_scale_for, get_initializer
 from tf_supermask.layers.kinds import (MaskedConv1D, MaskedConv3D, MaskedConv2DTranspose,
                                        MaskedDepthwiseConv2D, MaskedEinsumDense)
 from tf_supermask.layers.attention import MaskedMultiHeadAttention
-from tf_supermask.models.builder import MaskOptions
+from tf_supermask.models.options import MaskOptions
 from tf_supermask.sparsity import erk_densities
 
 ALLOCATIONS = ("layer", "kind", "erk")
@@ -79,10 +79,21 @@ def _check_model(model):
                          "keras.Input(shape) (or call it once on data)")
 
 
+def _model_layers(model):
+    """The layers of `model` in the model's order, nested Sequential and functional models
+    walked depth first in their own order (Keras's recursive ``_flatten_layers`` lists a
+    nested model's layers last to first); the sublayers of a layer (the projections
+    inside MultiHeadAttention) are not listed: clone_model replaces the layer whole."""
+    for layer in model._flatten_layers(include_self=False, recursive=False):
+        yield layer
+        if isinstance(layer, keras.Model):
+            yield from _model_layers(layer)
+
+
 def _selected(model, layers):
     """The prunable layers of `model` (nested models flattened), in order, that `layers`
     picks: None (all), a predicate, or a list of layer classes and names."""
-    candidates = [layer for layer in model._flatten_layers(include_self=False)
+    candidates = [layer for layer in _model_layers(model)
                   if isinstance(layer, PRUNABLE) and not isinstance(layer, MaskedLayer)]
     if layers is None:
         return candidates
@@ -96,7 +107,7 @@ def _selected(model, layers):
     if unsupported:
         raise ValueError(f"cannot mask {unsupported[0].__name__} layers; prunable layer types: "
                          + ", ".join(t.__name__ for t in PRUNABLE))
-    known = {layer.name for layer in model._flatten_layers(include_self=False)}
+    known = {layer.name for layer in _model_layers(model)}
     missing = sorted(names - known)
     if missing:
         raise ValueError(f"no layer named {missing[0]!r} in the model")
@@ -302,7 +313,7 @@ def sparsify(model, mask="topk", k=0.5, layers=None, allocation="layer", kind_k=
     for old, new in pairs:
         if id(old) in replaced:
             _copy_into_masked(old, new, keep_weights)
-        elif not isinstance(old, keras.Model) and old.weights:
+        elif getattr(old, "weights", None) and not isinstance(old, keras.Model):  # not ops
             new.set_weights(old.get_weights())
     return out
 
@@ -311,9 +322,8 @@ def sparsify(model, mask="topk", k=0.5, layers=None, allocation="layer", kind_k=
 
 def _plain_layer(layer):
     """The Keras layer a masked layer computes as (its kernel folded)."""
-    config = {key: value for key, value in layer.get_config().items()
-              if key in ("name", "activation", "use_bias", "trainable", "dtype")}
-    config["use_bias"] = layer.bias is not None
+    config = dict(name=layer.name, activation=layer.activation, use_bias=layer.bias is not None,
+                  dtype=layer.dtype_policy)
     if isinstance(layer, MaskedEinsumDense):
         config.pop("use_bias")
         return keras.layers.EinsumDense(layer.equation, layer.partial_output_shape,
@@ -332,6 +342,10 @@ def _plain_layer(layer):
                                             output_padding=layer.output_padding,
                                             dilation_rate=layer.dilation_rate, **config)
     if isinstance(layer, MaskedConv2D):
+        if _depthwise(layer):  # a grouped conv with one channel per group
+            return keras.layers.DepthwiseConv2D(layer.kernel_size, strides=layer.strides,
+                                                padding=layer.padding, depth_multiplier=1,
+                                                **config)
         return keras.layers.Conv2D(layer.filters, layer.kernel_size, strides=layer.strides,
                                    padding=layer.padding, groups=layer.groups, **config)
     cls = keras.layers.Conv1D if isinstance(layer, MaskedConv1D) else keras.layers.Conv3D
@@ -339,11 +353,19 @@ def _plain_layer(layer):
                dilation_rate=layer.dilation_rate, groups=layer.groups, **config)
 
 
+def _depthwise(layer):
+    return (isinstance(layer, MaskedConv2D) and layer.groups > 1
+            and layer.groups == layer.filters and layer.kernel_variable.shape[2] == 1)
+
+
 def _fold_into(masked, plain):
-    """Sets the plain layer's kernel to the masked layer's effective kernel (weight x
+    """Sets the plain layer's kernel to the masked layer's evaluation kernel (weight x
     mask, rescaled where the layer rescales, frozen pruned values included) and its
     bias."""
-    values = [keras.ops.convert_to_numpy(masked.effective_kernel(training=False))]
+    kernel = masked.evaluation_kernel()
+    if _depthwise(masked):  # (kh, kw, 1, C) -> (kh, kw, C, 1)
+        kernel = np.transpose(kernel, (0, 1, 3, 2))
+    values = [kernel]
     if masked.bias is not None:
         values.append(keras.ops.convert_to_numpy(masked.bias))
     plain.set_weights(values)
@@ -386,7 +408,7 @@ def strip(model):
             old.fold_into(new)
         elif isinstance(old, MaskedLayer):
             _fold_into(old, new)
-        elif not isinstance(old, keras.Model) and old.weights:
+        elif getattr(old, "weights", None) and not isinstance(old, keras.Model):  # not ops
             new.set_weights(old.get_weights())
     return out
 

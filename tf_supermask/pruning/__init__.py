@@ -9,6 +9,8 @@ allocation of a rate over layers live in ``tf_supermask.sparsity``.
 - ``options``: the options of pruning and their choices (no Keras).
 - ``at_init``: the pruning-at-initialization methods by name.
 - ``gradual``: magnitude pruning on tfmot schedules.
+- ``keras_api``: tfmot's Keras pruning API for any Keras 3 model
+  (``prune_low_magnitude``, ``strip_pruning``; ``GradualPruning`` is the callback).
 - ``imp``: iterative magnitude pruning's step (``PRUNING_STRATEGIES``), shared by the
   lottery's levels and fine-tuning's one-shot, iterative and gradual pruning.
 
@@ -32,6 +34,8 @@ _EXPORTS = {
     "IterativeMagnitudePruning": "imp", "PRUNING_STRATEGIES": "imp",
     "GradualPruning": "gradual", "magnitude_masks": "gradual", "prune_by_magnitude": "gradual",
     "pruning_schedule": "gradual", "tfmot_schedules": "gradual",
+    "layer_sparsity": "keras_api", "prune_low_magnitude": "keras_api",
+    "strip_pruning": "keras_api",
 }
 __all__ = sorted(_EXPORTS)
 __getattr__ = lazy_exports(__name__, _EXPORTS)

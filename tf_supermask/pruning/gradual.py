@@ -33,6 +33,9 @@ from tf_supermask.pruning.imp import IterativeMagnitudePruning
 from tf_supermask.sparsity import Mask
 
 SCHEDULES = GRADUAL_SCHEDULES
+# The model attribute where ``prune_low_magnitude`` leaves {"schedule", "scope"} for
+# ``GradualPruning()`` (tfmot keeps them in its wrappers).
+PRUNING_ATTRIBUTE = "_tf_supermask_pruning"
 
 _TFMOT = "tensorflow_model_optimization"
 _SCHEDULE_MODULE = _TFMOT + ".python.core.sparsity.keras.pruning_schedule"
@@ -171,10 +174,15 @@ class GradualPruning(keras.callbacks.Callback):
     fixed-mode mask is set by ``magnitude_masks`` at the schedule's sparsity
     (before that step's update, as tfmot's own pruning wrapper does).
 
+    It plays both of tfmot's callbacks: ``UpdatePruningStep`` (the pruning itself)
+    and, with `log_dir`, ``PruningSummaries`` (per-layer sparsity in TensorBoard).
+
     Args:
       schedule: a tfmot ``PruningSchedule`` (see ``pruning_schedule``), or any
-        callable mapping a step tensor to (should_prune, sparsity).
-      scope: "layer" or "global" (see ``magnitude_masks``).
+        callable mapping a step tensor to (should_prune, sparsity). None: the
+        schedule ``prune_low_magnitude`` attached to the model.
+      scope: "layer" or "global" (see ``magnitude_masks``). None: the scope
+        ``prune_low_magnitude`` attached to the model, else "layer".
       rule: the ``tf_supermask.counting`` rule; default tfmot's own
         (``max(1, round(float32(n) * (1 - float32(sparsity))))``).
       verbose: print each pruning step.
@@ -188,9 +196,9 @@ class GradualPruning(keras.callbacks.Callback):
         actually pruned over the pruned layers).
     """
 
-    def __init__(self, schedule, scope="layer", verbose=0, log_dir=None, rule="tfmot"):
+    def __init__(self, schedule=None, scope=None, verbose=0, log_dir=None, rule="tfmot"):
         super().__init__()
-        if scope not in SCOPES:
+        if scope is not None and scope not in SCOPES:
             raise ValueError(f"unknown pruning scope {scope!r}; choose one of {SCOPES}")
         self.schedule = schedule
         self.scope = scope
@@ -202,8 +210,14 @@ class GradualPruning(keras.callbacks.Callback):
         self._last_step = None
 
     def on_train_begin(self, logs=None):
+        attached = getattr(self.model, PRUNING_ATTRIBUTE, None) or {}
+        if self.schedule is None:
+            self.schedule = attached.get("schedule")
+        if self.scope is None:
+            self.scope = attached.get("scope", "layer")
         if not callable(self.schedule):
-            raise ValueError("GradualPruning needs a schedule, e.g. pruning_schedule(...)")
+            raise ValueError("GradualPruning needs a schedule, e.g. pruning_schedule(...), or a "
+                             "model from prune_low_magnitude(model, pruning_schedule)")
         if not prunable_layers(self.model):
             raise ValueError("GradualPruning sets fixed masks: build the model with mask='fixed'")
         self._last_step = None

@@ -11,6 +11,7 @@ Choices come from ``tf_supermask.choices``; nothing here imports Keras.
 """
 
 import dataclasses
+import os
 
 from tf_supermask import choices
 from tf_supermask.choices import MODEL_NAMES, RUN_CONTROL_FIELDS  # noqa: F401 (re-exported)
@@ -29,7 +30,9 @@ class ModelConfig(ConfigGroup):
     BOUNDS = {"width": (lambda value: value > 0, "positive")}
 
     model: str = option("fc", f"Registered model: {', '.join(MODEL_NAMES)} "
-                        "(tf_supermask.models.MODELS).")
+                        "(tf_supermask.models.MODELS); or your own: "
+                        + "; ".join(choices.USER_MODEL_FORMS) + ". Its prunable layers are "
+                        "masked by tf_supermask.models.sparsify; it must output logits.")
     mask: str = option("dense", "Mask mode: dense (baseline), bernoulli (Zhou et al.), topk "
                        "(edge-popup), fixed (a given mask).", MASKS)
     k: float = option(0.5, "Fraction of weights KEPT per layer by the topk mask, in (0, 1].")
@@ -71,7 +74,8 @@ class ModelConfig(ConfigGroup):
 
     def validate(self):
         check_k(self.k, "--k")  # where k enters; masked layers check it again (public API)
-        choices.check_choice("model", self.model, MODEL_NAMES)
+        if choices.model_kind(self.model) == "file" and not os.path.isfile(self.model):  # names
+            raise ValueError(f"--model={self.model}: no such .keras file")
         if self.init != choices.PATCHES_INIT:
             choices.check_choice("initializer", self.init, choices.INITIALIZERS)
         if self.score_init:

@@ -259,3 +259,10 @@ def default_run_dir(config, *parts, root="runs"):
 
     name = "_".join(str(part) for part in parts if part != "")
     return os.path.join(root, f"{name}_{config_hash(config, RUN_CONTROL_FIELDS)}")
+
+
+def model_stem(config):
+    """The model's name in a folder name (a user's model: its file or function name)."""
+    from tf_supermask.choices import model_stem as stem
+
+    return stem(config.model)

@@ -28,7 +28,7 @@ FINAL_MODEL = choices.FINAL_MODEL
 
 def default_run_dir(config, root="runs"):
     """runs/<model>_<mask>_<dataset>_<hash of the non-default flags>."""
-    return run_dir_lib.default_run_dir(config, config.model, config.mask,
+    return run_dir_lib.default_run_dir(config, run_dir_lib.model_stem(config), config.mask,
                                        run_dir_lib.dataset_stem(config), root=root)
 
 
