@@ -5,7 +5,7 @@ For each model that Keras ships (enumerated from ``keras.applications``), with
 smallest input size the constructor accepts (32x32, else the next of 71, 75, 331):
 
 1. ``sparsify(model, mask="topk", k=0.5)``;
-2. one training step (``model.fit`` on a batch of 2 random images, SGD);
+2. one training step (``model.fit`` on a batch of 2 random images, SGD, learning rate 1e-3);
 3. ``strip`` -> ``.keras`` file;
 4. a fresh Python process in which tf_supermask cannot be imported
    (``sys.modules["tf_supermask"] = None``) loads the file, checks that no
@@ -70,7 +70,7 @@ x = rng.uniform(0, 1, size=(2, size, size, 3)).astype("float32")
 y = np.array([1, 7])
 masked = sparsify(model, mask="topk", k=0.5)
 result["masked_layers"] = len(masked_layers(masked))
-masked.compile(optimizer=keras.optimizers.SGD(0.01),
+masked.compile(optimizer=keras.optimizers.SGD(1e-3),
                loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
 masked.fit(x, y, batch_size=2, epochs=1, verbose=0)
 want = keras.ops.convert_to_numpy(masked(x, training=False))
@@ -80,6 +80,8 @@ plain.save(f"{workdir}/model.keras")
 np.save(f"{workdir}/x.npy", x)
 np.save(f"{workdir}/want.npy", want)
 result["max_abs_pred"] = float(np.abs(want).max())
+if not np.isfinite(want).all():
+    raise SystemExit("the masked model's predictions are not finite after the step")
 result["seconds_build"] = time.time() - start
 print("RESULT " + json.dumps(result))
 """
@@ -191,7 +193,7 @@ def write_rows(rows, command):
         "Each model: `weights=None`, `classes=10`, `classifier_activation=None` (logits), the "
         "smallest input size it accepts of 32, 71, 75, 331, batch 2 of uniform [0, 1) images. "
         "`sparsify(model, mask=\"topk\", k=0.5)` (defaults: the first conv stays dense) -> one "
-        "SGD step (`model.fit`) -> `strip` -> `.keras` -> loaded in a fresh process where "
+        "SGD step (`model.fit`, learning rate 1e-3) -> `strip` -> `.keras` -> loaded in a fresh process where "
         "`tf_supermask` cannot be imported (and no tf_supermask class is in the file's "
         "config) -> max |loaded prediction - masked model's evaluation prediction| (also "
         "the in-process stripped model's). Pass: max diff <= 1e-5 x max(1, max |logit|). "

@@ -25,7 +25,7 @@ def _cnn():
     inputs = keras.Input((10, 10, 3))
     x = keras.layers.Conv2D(6, 3, activation="relu", name="conv_a")(inputs)
     x = keras.layers.Conv2D(8, 3, strides=2, name="conv_b")(x)
-    x = keras.layers.Dense(12, activation="relu", name="hidden")(keras.layers.Flatten()(x))
+    x = keras.layers.Dense(12, activation="relu", name="hidden")(keras.layers.Flatten(name="flat")(x))
     return keras.Model(inputs, keras.layers.Dense(4, name="logits")(x))
 
 
@@ -154,7 +154,7 @@ def test_bad_input_gets_one_clear_error():
     with pytest.raises(ValueError, match="scope"):
         prune_low_magnitude(_cnn(), pruning_schedule("constant", 0.5, 0), scope="net")
     with pytest.raises(ValueError, match="not a prunable layer"):
-        prune_low_magnitude(_cnn(), pruning_schedule("constant", 0.5, 0), layers=["flatten"])
+        prune_low_magnitude(_cnn(), pruning_schedule("constant", 0.5, 0), layers=["flat"])
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
     model.compile(optimizer="sgd", loss="mse")
     with pytest.raises(ValueError, match="prune_low_magnitude"):  # a plain model, no schedule

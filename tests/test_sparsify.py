@@ -175,13 +175,14 @@ def _load_elsewhere(paths, backend="tensorflow"):
     return out
 
 
-def _fit_and_save(masked, x, y, path):
+def _fit_and_save(masked, x, y, path, learning_rate=0.05):
     """One training step on (x, y), then strip -> `path`.keras; the masked model's
     evaluation output is saved beside (the loaded file must predict it)."""
-    masked.compile(optimizer=keras.optimizers.SGD(0.05),
+    masked.compile(optimizer=keras.optimizers.SGD(learning_rate),
                    loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     masked.fit(x, y, batch_size=len(x), epochs=1, verbose=0)
     want = _numpy(masked(x, training=False))
+    assert np.isfinite(want).all()
     plain = strip(masked)
     assert not masked_layers(plain)
     np.testing.assert_allclose(_numpy(plain(x, training=False)), want, atol=1e-5, rtol=0)
@@ -241,3 +242,243 @@ def test_rescale_is_folded_into_the_stripped_kernel():
         want = _numpy(layer.kernel_variable) * mask * (mask.size / kept)
         np.testing.assert_allclose(_numpy(plain.get_layer(layer.name).kernel), want, rtol=1e-6)
     np.testing.assert_allclose(_numpy(plain(x)), _numpy(masked(x)), atol=1e-5, rtol=0)
+
+
+# keras.applications (the whole list: scripts/keras_applications_table.py) ---------------
+
+def test_keras_applications_round_trip(tmp_path):
+    builds = {
+        "MobileNetV2": lambda: keras.applications.MobileNetV2(
+            weights=None, input_shape=(32, 32, 3), classes=10, alpha=0.35,
+            classifier_activation=None),
+        "MobileNetV3Small": lambda: keras.applications.MobileNetV3Small(
+            weights=None, input_shape=(32, 32, 3), classes=10, classifier_activation=None),
+    }
+    x = RNG(8).uniform(size=(2, 32, 32, 3)).astype("float32")
+    y = np.array([1, 7])
+    paths = []
+    for name, build in builds.items():
+        model = build()
+        masked = sparsify(model, mask="topk", k=0.5)
+        assert len(masked_layers(masked)) > 10, name
+        paths.append(str(tmp_path / name))
+        _fit_and_save(masked, x, y, paths[-1], learning_rate=1e-3)
+    for path, result in _load_elsewhere(paths).items():
+        assert not result["tf_supermask_in_config"], path
+        assert result["max_diff"] <= 1e-5, (path, result)
+
+
+# A transformer encoder as a top-k supermask and as a lottery ticket ----------------------
+
+def _encoder():
+    inputs = keras.Input((8, 16))
+    attended = keras.layers.MultiHeadAttention(2, 8, name="attention")(inputs, inputs)
+    hidden = keras.layers.LayerNormalization()(keras.layers.Add()([inputs, attended]))
+    forward = keras.layers.Dense(32, activation="relu", name="ff1")(hidden)
+    forward = keras.layers.Dense(16, name="ff2")(forward)
+    hidden = keras.layers.LayerNormalization()(keras.layers.Add()([hidden, forward]))
+    pooled = keras.layers.GlobalAveragePooling1D()(hidden)
+    return keras.Model(inputs, keras.layers.Dense(3, name="classifier")(pooled))
+
+
+def _sequences():
+    rng = RNG(9)
+    x = rng.normal(size=(64, 8, 16)).astype("float32")
+    return x, np.argmax(x[:, :, :3].mean(axis=1), axis=1)
+
+
+ENCODER_MASKED = ["attention_output", "classifier", "ff1", "ff2", "key", "query", "value"]
+
+
+def _train(model, x, y, epochs, optimizer):
+    model.compile(optimizer=optimizer,
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    return model.fit(x, y, batch_size=16, epochs=epochs, verbose=0).history["loss"]
+
+
+def test_transformer_encoder_trains_as_a_topk_supermask():
+    x, y = _sequences()
+    masked = sparsify(_encoder(), mask="topk", k=0.5)
+    layers = masked_layers(masked)
+    assert sorted(layer.name for layer in layers) == ENCODER_MASKED
+    for layer in layers:  # only the scores learn; the kernels stay at their initialisation
+        assert [w.name for w in layer.trainable_weights] == ["scores"], layer.name
+    kernels = {layer.name: _numpy(layer.kernel_variable) for layer in layers}
+    losses = _train(masked, x, y, 8, keras.optimizers.SGD(0.1, momentum=0.9))
+    assert losses[-1] < 0.9 * losses[0], losses
+    for layer in layers:
+        np.testing.assert_array_equal(_numpy(layer.kernel_variable), kernels[layer.name])
+        size = int(np.prod(layer.kernel_variable.shape))
+        assert _numpy(layer.get_mask()).sum() == size - int(0.5 * size)
+
+
+def test_transformer_encoder_trains_as_a_lottery_ticket():
+    from tf_supermask.pruning.gradual import prune_by_magnitude
+
+    x, y = _sequences()
+    ticket = sparsify(_encoder(), mask="fixed", keep_weights=True)
+    layers = masked_layers(ticket)
+    assert sorted(layer.name for layer in layers) == ENCODER_MASKED
+    initial = {layer.name: _numpy(layer.kernel_variable) for layer in layers}
+    losses = _train(ticket, x, y, 5, keras.optimizers.Adam(1e-2))
+    assert losses[-1] < losses[0], losses
+
+    prune_by_magnitude(ticket, 0.5)
+    masks = {}
+    for layer in layers:  # each layer keeps its round(n / 2) largest trained |weights|
+        mask = _numpy(layer.get_mask())
+        magnitude = np.abs(_numpy(layer.kernel_variable))
+        assert mask.sum() == round(0.5 * mask.size), layer.name
+        assert magnitude[mask == 0].max() <= magnitude[mask == 1].min(), layer.name
+        masks[layer.name] = mask
+    for layer in layers:  # rewind the kept weights to their initial values
+        layer.kernel_variable.assign(initial[layer.name])
+    retrained = _train(ticket, x, y, 5, keras.optimizers.Adam(1e-2))
+    assert retrained[-1] < retrained[0], retrained
+    for layer in layers:
+        np.testing.assert_array_equal(_numpy(layer.get_mask()), masks[layer.name])
+        assert not np.any(_numpy(layer.kernel)[masks[layer.name] == 0])
+
+
+# The JAX backend -----------------------------------------------------------------------
+
+JAX_SCRIPT = r"""
+import json, sys
+sys.path.insert(0, sys.argv[1])
+import keras
+import numpy as np
+assert keras.backend.backend() == "jax"
+from test_sparsify import _encoder, _fit_and_save, _nested_model, _sequences
+from tf_supermask.layers import masked_layers
+from tf_supermask.models import sparsify
+
+rng = np.random.default_rng(10)
+images = rng.normal(size=(8, 8, 8, 3)).astype("float32")
+x, y = _sequences()
+counts = {}
+for name, model, inputs, labels in [("nested", _nested_model(), images, y[:8]),
+                                    ("encoder", _encoder(), x[:8], y[:8])]:
+    masked = sparsify(model, mask="topk", k=0.5, seed=3)
+    counts[name] = len(masked_layers(masked))
+    _fit_and_save(masked, inputs, labels, f"{sys.argv[2]}/{name}")
+print(json.dumps(counts))
+"""
+
+
+def test_jax_backend_round_trips_two_models(tmp_path):
+    pytest.importorskip("jax")
+    env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}
+    result = subprocess.run([sys.executable, "-c", JAX_SCRIPT, os.path.dirname(__file__),
+                             str(tmp_path)], capture_output=True, text=True, env=env,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == {"nested": 4, "encoder": 7}
+    paths = [str(tmp_path / "nested"), str(tmp_path / "encoder")]
+    for path, loaded in _load_elsewhere(paths, backend="jax").items():
+        assert not loaded["tf_supermask_in_config"], path
+        assert loaded["max_diff"] <= 1e-5, (path, loaded)
+
+
+# Bad input: one clear ValueError each ----------------------------------------------------
+
+def _small_model():
+    inputs = keras.Input((6, 4))
+    hidden = keras.layers.LSTM(5, name="lstm")(inputs)
+    return keras.Model(inputs, keras.layers.Dense(3, name="head")(hidden))
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(layers=[keras.layers.LSTM]), "cannot mask LSTM layers; prunable layer types: "),
+    (dict(layers=["nope"]), "no layer named 'nope' in the model"),
+    (dict(layers=["lstm"]), "layer 'lstm' is not a prunable layer"),
+    (dict(k=0), r"k is the fraction of weights kept and must be in \(0, 1\], got 0"),
+    (dict(k=1.5), r"must be in \(0, 1\], got 1.5"),
+    (dict(allocation="global_magic"), "allocation must be one of layer, kind, erk"),
+])
+def test_bad_arguments_are_clear_errors(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        sparsify(_small_model(), **kwargs)
+
+
+def test_an_unbuilt_or_subclassed_model_is_a_clear_error():
+    with pytest.raises(ValueError, match=r"built model .* keras.Input\(shape\)"):
+        sparsify(keras.Sequential([keras.layers.Dense(3)]))
+
+    class Subclassed(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.dense = keras.layers.Dense(3)
+
+        def call(self, inputs):
+            return self.dense(inputs)
+
+    model = Subclassed()
+    model(np.zeros((1, 4), "float32"))
+    with pytest.raises(ValueError, match="subclassed.*keras.Sequential or the functional API"):
+        sparsify(model)
+    with pytest.raises(ValueError, match="subclassed"):
+        strip(model)
+
+
+# Allocation of k across layers ---------------------------------------------------------
+
+def test_erk_allocation_by_hand():
+    inputs = keras.Input((20,))
+    hidden = keras.layers.Dense(50, name="a")(inputs)
+    hidden = keras.layers.Dense(30, name="b")(hidden)
+    model = keras.Model(inputs, keras.layers.Dense(10, name="head")(hidden))
+    masked = sparsify(model, mask="topk", k=0.3, allocation="erk")
+    # RigL's rule: density_l = eps (n_in + n_out) / (n_in n_out), the total kept 0.3 of all.
+    shapes = {"a": (20, 50), "b": (50, 30), "head": (30, 10)}
+    sizes = {name: a * b for name, (a, b) in shapes.items()}
+    raw = {name: (a + b) / (a * b) for name, (a, b) in shapes.items()}
+    eps = 0.3 * sum(sizes.values()) / sum(raw[name] * sizes[name] for name in shapes)
+    got = {layer.name: layer.k for layer in masked_layers(masked)}
+    assert got == pytest.approx({name: eps * raw[name] for name in shapes})
+    assert sum(got[name] * sizes[name] for name in shapes) == pytest.approx(0.3 * 2800)
+
+
+def test_kind_allocation_and_layer_choice():
+    inputs = keras.Input((8, 8, 3))
+    hidden = keras.layers.Conv2D(4, 3, name="stem")(inputs)
+    hidden = keras.layers.Conv2D(4, 3, name="conv")(hidden)
+    hidden = keras.layers.Dense(8, name="hidden")(keras.layers.Flatten()(hidden))
+    model = keras.Model(inputs, keras.layers.Dense(3, name="head")(hidden))
+    masked = sparsify(model, mask="topk", k=0.5, allocation="kind",
+                      kind_k={"conv": 0.2, "dense": 0.4, "output": 0.9})
+    # The first conv stays the user's layer (the recipes' default); the classifier is "output".
+    assert {layer.name: layer.k for layer in masked_layers(masked)} == {
+        "conv": 0.2, "hidden": 0.4, "head": 0.9}
+    masked = sparsify(model, mask="topk", k=0.5, allocation="kind", kind_k={"conv": 0.2},
+                      prune_first_layer=True)
+    assert {layer.name: layer.k for layer in masked_layers(masked)} == {
+        "stem": 0.2, "conv": 0.2, "hidden": 0.5, "head": 0.5}
+    assert [layer.name for layer in masked_layers(
+        sparsify(model, layers=[keras.layers.Dense]))] == ["hidden", "head"]
+    assert [layer.name for layer in masked_layers(
+        sparsify(model, layers=lambda layer: layer.name == "head"))] == ["head"]
+    assert [layer.name for layer in masked_layers(
+        sparsify(model, layers=["conv", "head"]))] == ["conv", "head"]
+
+
+# Seeding --------------------------------------------------------------------------------
+
+def _draws(model):
+    return {f"{layer.name}/{w.name}": _numpy(w) for layer in masked_layers(model)
+            for w in layer.weights}
+
+
+def test_the_same_call_gives_the_same_scores_and_masks_another_seed_differs():
+    model = _encoder()
+    first = _draws(sparsify(model, mask="topk", k=0.5, seed=4))
+    second = _draws(sparsify(model, mask="topk", k=0.5, seed=4))
+    other = _draws(sparsify(model, mask="topk", k=0.5, seed=5))
+    assert sorted(first) == sorted(second) == sorted(other)
+    assert any(name.endswith("/scores") for name in first)
+    for name in first:
+        np.testing.assert_array_equal(first[name], second[name], err_msg=name)
+        if name.endswith(("/scores", "/kernel")):
+            assert not np.array_equal(first[name], other[name]), name
+    masks = [get_masks(sparsify(model, mask="bernoulli", seed=4)) for _ in range(2)]
+    for path in masks[0]:
+        np.testing.assert_array_equal(masks[0][path], masks[1][path])

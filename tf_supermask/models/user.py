@@ -29,6 +29,7 @@ Example:
 
 import importlib
 import os
+import re
 import sys
 
 import keras
@@ -42,6 +43,36 @@ def register_user_model(name, model):
     """Makes ``--model=python:<name>`` build `model`: a Keras model (cloned for every
     run) or a function ``(input_shape, num_classes) -> keras.Model``."""
     _REGISTERED[name] = model
+
+
+def canonical_names(model):
+    """`model` with Keras's automatic layer names ("dense_7") renamed as a fresh process
+    would name them ("dense", "dense_1", ... in the model's order), so every build of
+    the same function gives the same variable paths (masks are keyed by them). Layers
+    the user named keep their names; weights are copied."""
+    from keras.src.models.functional import Functional
+
+    if not isinstance(model, (keras.Sequential, Functional)):
+        return model
+    counts = {}
+    pairs = []
+
+    def rename(layer):
+        config = layer.get_config()
+        base = keras.src.utils.naming.to_snake_case(type(layer).__name__)
+        if re.fullmatch(rf"{re.escape(base)}(_\d+)?", layer.name):
+            index = counts.get(base, 0)
+            counts[base] = index + 1
+            config["name"] = base if index == 0 else f"{base}_{index}"
+        new = type(layer).from_config(config)
+        pairs.append((layer, new))
+        return new
+
+    out = keras.models.clone_model(model, clone_function=rename)
+    for old, new in pairs:
+        if old.weights:
+            new.set_weights(old.get_weights())
+    return out
 
 
 def user_model(name, input_shape, num_classes):
@@ -86,6 +117,8 @@ def user_model(name, input_shape, num_classes):
         raise ValueError(f"--model={name} is a registered model")
     if not isinstance(model, keras.Model):
         raise ValueError(f"--model={name} gave a {type(model).__name__}, not a keras.Model")
+    if kind in ("function", "python"):
+        model = canonical_names(model)
     if tuple(model.input_shape[1:]) != input_shape:
         raise ValueError(f"--model={name} takes inputs of shape {tuple(model.input_shape[1:])}, "
                          f"the data has {input_shape}")

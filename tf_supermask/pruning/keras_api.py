@@ -18,8 +18,8 @@ tfmot (Keras 2)                                              tf_supermask (Keras
 Example:
 
 >>> import keras, numpy as np
->>> from tf_supermask.pruning import (GradualPruning, prune_low_magnitude, pruning_schedule,
-...                                   strip_pruning)
+>>> from tf_supermask.pruning import (GradualPruning, layer_sparsity, prune_low_magnitude,
+...                                   pruning_schedule, strip_pruning)
 >>> model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16, activation="relu"),
 ...                           keras.layers.Dense(2)])
 >>> schedule = pruning_schedule("polynomial", 0.75, begin_step=0, end_step=4, frequency=2)
@@ -122,7 +122,7 @@ def strip_pruning(model):
 def layer_sparsity(model):
     """{kernel path: fraction of its entries pruned} of every masked layer of `model`,
     as ``GradualPruning`` logs them to TensorBoard (``sparsity/<kernel path>``)."""
-    return {path: 1.0 - np.count_nonzero(mask) / mask.size
+    return {path: 1.0 - int(np.count_nonzero(mask)) / int(mask.size)
             for path, mask in get_masks(model).items()}
 
 
