@@ -109,6 +109,15 @@ def test_train_binary_on_a_module_function_and_a_keras_file(tmp_path):
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert 0.0 < results["weights_remaining"] < 1.0
     assert "--model=usernets:small" in (tmp_path / "run" / "flags.txt").read_text()
+    # Export writes the folded SavedModel; the compact file is refused in one line.
+    export = os.path.join(BIN, "tf-supermask-export")
+    result = subprocess.run([export, "run"], cwd=tmp_path, env=_plain_env(),
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (tmp_path / "run" / "saved_model").is_dir()
+    result = subprocess.run([export, "run", "--format=compact"], cwd=tmp_path,
+                            env=_plain_env(), capture_output=True, text=True, timeout=600)
+    assert result.returncode == 1 and "registered models only" in result.stderr
     # The default folder names the function, not the module path's punctuation.
     result = subprocess.run(args, cwd=tmp_path, env=_plain_env(), capture_output=True,
                             text=True, timeout=600)

@@ -22,7 +22,9 @@ from absl import app, flags
 
 from tf_supermask.bin.common import run_main
 
-flags.DEFINE_enum("format", "both", ["saved_model", "compact", "both"], "What to write.")
+flags.DEFINE_enum("format", "auto", ["auto", "saved_model", "compact", "both"],
+                  "What to write: auto (both for a registered model, the SavedModel for a "
+                  "user's own --model, which the compact file cannot rebuild).")
 flags.DEFINE_string("output", "", "Folder receiving saved_model/ and supermask.npz "
                     "(empty: the run directory).")
 flags.DEFINE_bool("overwrite", False, "Replace existing outputs.")
@@ -38,7 +40,8 @@ def main(argv):
         raise app.UsageError("give exactly one run directory: tf-supermask-export RUN_DIR")
     from tf_supermask.tools.export_run import export_run
 
-    formats = ("saved_model", "compact") if FLAGS.format == "both" else (FLAGS.format,)
+    formats = {"auto": None, "both": ("saved_model", "compact")}.get(FLAGS.format,
+                                                                     (FLAGS.format,))
     # A missing run, existing outputs and failed checks end it with one line (run_main).
     try:
         written = export_run(argv[1], formats, output=FLAGS.output or None,

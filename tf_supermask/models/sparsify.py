@@ -253,8 +253,9 @@ def sparsify(model, mask="topk", k=0.5, layers=None, allocation="layer", kind_k=
       keep_weights: keep the model's kernels (pruning and fine-tuning, lottery
         tickets) or draw the recipe's (supermasks). Default: True for "fixed" and
         "dense", False for "topk" and "bernoulli".
-      prune_first_layer: whether the first chosen layer is masked. Default None:
-        not when it is a convolution (the VGG/ResNet/MobileNet recipes), yes else.
+      prune_first_layer: whether the model's first prunable layer is masked (when
+        chosen). Default None: not when it is a convolution (the VGG/ResNet/MobileNet
+        recipes), yes else.
       init, score_init, scale_fan, rescale, count_rule, seed, eval_sample,
         pruned_values, topk_method: as ``MaskOptions`` (the flags of the same names).
 
@@ -292,13 +293,20 @@ def sparsify(model, mask="topk", k=0.5, layers=None, allocation="layer", kind_k=
                           count_rule=count_rule, scale_fan=scale_fan, rescale=rescale,
                           eval_sample=eval_sample, pruned_values=pruned_values, seed=seed,
                           prune_first_layer=prune_first_layer, topk_method=topk_method)
-    options.set_first_layer_default(_kind(targets[0]) != "conv")
+    # The recipes' first-layer rule is about the model's first prunable layer: a choice of
+    # layers that leaves it out has its own first layer masked.
+    first = _selected(model, None)[0]
+    options.set_first_layer_default(targets[0] is not first or _kind(first) != "conv")
     replaced = {}
     for layer in targets:  # in the model's order: layer i takes seed * 1000 + i
         kwargs = _masked_kwargs(options, layer, densities[layer.name], keep_weights)
         if kwargs["mask"] == "dense" and mask != "dense":
             continue  # an unpruned first layer stays the user's own layer
         replaced[id(layer)] = (layer, _masked_layer(layer, kwargs))
+    if not replaced:
+        raise ValueError(f"nothing to mask: the only layer chosen, {targets[0].name!r}, is the "
+                         "model's first conv, which stays dense by default (the recipes'); "
+                         "pass prune_first_layer=True to mask it")
     pairs = []
 
     def clone(layer):

@@ -9,6 +9,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from tf_supermask.choices import model_kind
 from tf_supermask.export import (COMPACT_FILE, SAVED_MODEL_DIR, export_saved_model, load_compact,
                                  save_compact)
 from tf_supermask.training.run_config import run_model_options
@@ -81,14 +82,16 @@ def _verify_saved_model(path, model, probe_images, normalization):
         raise RuntimeError(f"the SavedModel {path} returns probabilities that do not sum to 1")
 
 
-def export_run(run_dir, formats=("saved_model", "compact"), output=None, overwrite=False,
+def export_run(run_dir, formats=None, output=None, overwrite=False,
                verify=True, allow_kernels=True):
     """Exports a finished run's final model (``checkpoints/final.keras``).
 
     Args:
       run_dir: the run directory.
       formats: any of "saved_model" (folded SavedModel serving raw images, with the
-        run's normalisation inside) and "compact".
+        run's normalisation inside) and "compact" (registered models only: it rebuilds
+        the weights from the model's name and seed). Default None: both for a
+        registered model, the SavedModel for a user's own (--model=module:function, ...).
       output: folder receiving ``saved_model/`` and ``supermask.npz`` (default: `run_dir`).
       overwrite: replace existing outputs (otherwise they are refused).
       verify: reload each output and compare its predictions with the run's model
@@ -101,11 +104,18 @@ def export_run(run_dir, formats=("saved_model", "compact"), output=None, overwri
     Returns:
       {format: path written}.
     """
-    unknown = sorted(set(formats) - {"saved_model", "compact"})
-    if unknown or not formats:
-        raise ValueError(f"formats must be among saved_model, compact; got {list(formats)}")
+    if formats is not None:
+        unknown = sorted(set(formats) - {"saved_model", "compact"})
+        if unknown or not formats:
+            raise ValueError(f"formats must be among saved_model, compact; got {list(formats)}")
     model_path = os.path.join(run_dir, FINAL_MODEL)
     require_run(run_dir, FINAL_MODEL)  # "does not exist", "not a run directory", "not finished"
+    registered = model_kind(run_model_options(run_dir)[0]) == "registered"
+    if formats is None:
+        formats = ("saved_model", "compact") if registered else ("saved_model",)
+    if "compact" in formats and not registered:
+        raise ValueError(f"{run_dir} trained a user's own model; the compact file rebuilds "
+                         "registered models only: export the SavedModel (--format=saved_model)")
     output = output or run_dir
     targets = {"saved_model": os.path.join(output, SAVED_MODEL_DIR),
                "compact": os.path.join(output, COMPACT_FILE)}
