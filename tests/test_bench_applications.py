@@ -2,21 +2,20 @@
 
 import pytest
 
-from tf_supermask.tools.benchmark import (application_name, check_names, input_shape_for,
-                                          run_benchmark)
+from tf_supermask.tools.benchmark import check_names, input_shape_for, is_user_model, run_benchmark
 
 
-def test_model_names_name_registered_models_or_keras_applications():
-    assert application_name("keras.applications.ResNet50") == "ResNet50"
-    assert application_name("MobileNetV2") == "MobileNetV2"  # shorthand
-    assert application_name("resnet20") is None and application_name("fc") is None
-    with pytest.raises(ValueError, match="keras.applications has no model 'ResNet51'"):
-        application_name("keras.applications.ResNet51")
+def test_model_names_are_registered_models_or_a_users_model_in_the_forms_of_model():
+    assert is_user_model("keras.applications.ResNet50")
+    assert is_user_model("my_package.nets:small_cnn") and is_user_model("net.keras")
+    assert not is_user_model("resnet20") and not is_user_model("fc")
     assert input_shape_for("keras.applications.ResNet50") == (64, 64, 3)
     assert input_shape_for("keras.applications.ResNet50", 48) == (48, 48, 3)
     assert input_shape_for("conv4") == (32, 32, 3) and input_shape_for("fc", 64) == (28, 28, 1)
     check_names(["keras.applications.MobileNetV2", "conv4"], ["dense", "topk"])
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="keras.applications has no model"):
+        check_names(["keras.applications.ResNet51"], ["dense"])
+    with pytest.raises(ValueError, match="unknown model"):
         check_names(["not_a_model"], ["dense"])
 
 

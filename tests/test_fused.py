@@ -200,3 +200,28 @@ def test_xla_steps_use_the_keras_ops_masks(mode):
     x = np.random.default_rng(0).normal(size=(16, 6, 6, 1)).astype("float32")
     loss = model.train_on_batch(x, np.arange(16) % 3)
     assert np.isfinite(loss)
+
+
+@pytest.mark.parametrize("mode", ["topk", "bernoulli", "fixed"])
+def test_the_fused_kernels_serve_every_masked_layer_kind(mode):
+    # The kernels mask any kernel shape: the kinds sparsify adds take the fused path,
+    # and compute what the keras.ops path computes.
+    from tf_supermask.layers import (MaskedConv1D, MaskedConv2DTranspose,
+                                     MaskedDepthwiseConv2D, MaskedEinsumDense)
+
+    cases = [(MaskedConv1D(4, 3, mask=mode, seed=1), (2, 9, 3)),
+             (MaskedDepthwiseConv2D(3, mask=mode, seed=2), (2, 6, 6, 3)),
+             (MaskedConv2DTranspose(4, 3, strides=2, mask=mode, seed=3), (2, 5, 5, 3)),
+             (MaskedEinsumDense("abc,cd->abd", (None, 5), bias_axes="d", mask=mode, seed=4),
+              (2, 7, 3))]
+    for layer, shape in cases:
+        x = tf.constant(np.random.default_rng(0).normal(size=shape).astype("float32"))
+        layer.build(shape)
+        before = fused.uses[mode]
+        got = layer(x, training=True).numpy()
+        assert fused.uses[mode] > before, f"{type(layer).__name__}: fused path not taken"
+        if mode == "bernoulli":
+            continue  # the fused draws are their own stream (tests above pin them)
+        with fused.switched(False):
+            want = layer(x, training=True).numpy()
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)

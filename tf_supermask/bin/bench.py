@@ -15,13 +15,14 @@ from absl import flags
 from tf_supermask.bin.common import run_main
 
 flags.DEFINE_list("models", ["fc", "conv2", "conv4", "conv6"],
-                  "Models to measure: registered names (fc, conv4, resnet20, ...) or "
-                  "keras.applications constructors written keras.applications.NAME (e.g. "
-                  "keras.applications.ResNet50,keras.applications.MobileNetV2): built with "
-                  "weights=None on --image_size inputs, timed dense and sparsified "
+                  "Models to measure: registered names (fc, conv4, resnet20, ...) or your "
+                  "own in --model's forms: keras.applications.<Name> (e.g. "
+                  "keras.applications.ResNet50,keras.applications.MobileNetV2; weights=None), "
+                  "package.module:function, a .keras file. A user's model takes --image_size "
+                  "inputs and 10 classes, and is timed as its dense original and sparsified "
                   "(tf_supermask.models.sparsify) in each mask mode.")
-flags.DEFINE_integer("image_size", 0, "Side of the square RGB inputs of keras.applications "
-                     "models (0: 64) and of registered image models (0: 32).")
+flags.DEFINE_integer("image_size", 0, "Side of the square RGB inputs of a user's model "
+                     "(0: 64) and of the registered image models (0: 32).")
 flags.DEFINE_list("masks", ["dense", "bernoulli", "topk", "fixed"], "Mask modes to measure.")
 flags.DEFINE_integer("batch_size", 128, "Batch size.")
 flags.DEFINE_integer("steps", 0, "Steps per timed round (0: about 2 seconds' worth).")

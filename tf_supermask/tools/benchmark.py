@@ -16,6 +16,7 @@ import time
 import keras
 import numpy as np
 
+from tf_supermask import choices
 from tf_supermask.data.device import batches_class
 from tf_supermask.layers import fused as fused_lib
 from tf_supermask.layers import masks as masks_lib
@@ -50,54 +51,43 @@ class _EpochTimer(keras.callbacks.Callback):
         self.seconds.append(time.perf_counter() - self._start)
 
 
-APPLICATIONS = "keras.applications."  # --models=keras.applications.ResNet50
-APPLICATION_IMAGE_SIZE = 64  # default side of a keras.applications model's inputs
+USER_IMAGE_SIZE = 64  # default side of the square RGB inputs of a user's model
 
 
-def application_name(model_name):
-    """The ``keras.applications`` constructor a model name asks for, or None.
-
-    ``keras.applications.ResNet50`` (or the bare constructor name ``ResNet50`` when no
-    registered model has that name) names ``keras.applications.ResNet50``.
+def is_user_model(model_name):
+    """Whether a model name is a user's model in one of --model's forms
+    (``keras.applications.<Name>``, ``package.module:function``, a ``.keras`` file,
+    ``python:<name>``; ``tf_supermask.models.user``) rather than a registered model.
 
     Raises:
-      ValueError: ``keras.applications.NAME`` where Keras has no such constructor.
+      ValueError: the name is neither (the message lists the forms).
     """
-    if model_name in MODELS.names():
-        return None
-    name = model_name[len(APPLICATIONS):] if model_name.startswith(APPLICATIONS) else model_name
-    if name and name[0].isupper() and callable(getattr(keras.applications, name, None)):
-        return name
-    if model_name.startswith(APPLICATIONS):
-        raise ValueError(f"keras.applications has no model {name!r} (e.g. "
-                         "keras.applications.ResNet50, keras.applications.MobileNetV2)")
-    return None
+    return choices.model_kind(model_name) != "registered"
 
 
 def input_shape_for(model_name, image_size=0):
     """MNIST-shaped inputs for fc, CIFAR-shaped for the other registered models;
-    ``image_size`` x ``image_size`` x 3 (default 64) for a keras.applications model
-    (``image_size`` also overrides the side of a registered image model)."""
-    if application_name(model_name):
-        side = image_size or APPLICATION_IMAGE_SIZE
+    ``image_size`` x ``image_size`` x 3 (default 64) for a user's model such as
+    ``keras.applications.ResNet50`` (``image_size`` also overrides the side of a
+    registered image model)."""
+    if is_user_model(model_name):
+        side = image_size or USER_IMAGE_SIZE
         return (side, side, 3)
     if model_name == "fc":
         return (28, 28, 1)
     return (image_size, image_size, 3) if image_size else (32, 32, 3)
 
 
-def build_application(model_name, input_shape, classes=10):
-    """A ``keras.applications`` model with random weights (``weights=None``) and logits."""
-    constructor = getattr(keras.applications, application_name(model_name))
-    return constructor(weights=None, input_shape=input_shape, classes=classes,
-                       classifier_activation=None)
-
-
 def check_names(models, masks):
     """Raises a ValueError naming the choices for an unknown model or mask mode."""
     for name in models:
-        if not application_name(name):
+        kind = choices.model_kind(name)
+        if kind == "registered":
             MODELS.get(name)
+        elif kind == "application" and not callable(
+                getattr(keras.applications, name[len(choices.APPLICATIONS_PREFIX):], None)):
+            raise ValueError(f"keras.applications has no model {name!r} (e.g. "
+                             "keras.applications.ResNet50, keras.applications.MobileNetV2)")
     for name in masks:
         masks_lib.MASK_MODES.get("dense" if name == CONTROL else name)
 
@@ -119,16 +109,15 @@ def _compiled(model_name, mask, k, jit_compile, seed, steps, steps_per_execution
               topk_method="auto", image_size=0):
     keras.utils.set_random_seed(seed)
     shape = input_shape_for(model_name, image_size)
-    if application_name(model_name):
-        # The dense original, or sparsify's masked copy of it (the recipes' defaults).
-        from tf_supermask.models import sparsify
+    options = MaskOptions(mask=mask, k=k, seed=seed, topk_method=topk_method)
+    if is_user_model(model_name) and mask == "dense":
+        # The dense original, as the user wrote it; the masked modes are what a run
+        # trains: build_model's sparsify(model, ...) with the run's MaskOptions.
+        from tf_supermask.models.user import user_model
 
-        model = build_application(model_name, shape)
-        if mask != "dense":
-            model = sparsify(model, mask=mask, k=k, seed=seed, topk_method=topk_method)
+        model = user_model(model_name, shape, 10)
     else:
-        model = build_model(model_name, shape, 10, MaskOptions(mask=mask, k=k, seed=seed,
-                                                               topk_method=topk_method))
+        model = build_model(model_name, shape, 10, options)
     compile_model(model, TrainConfig(optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=1e-4,
                                      jit_compile=jit_compile,
                                      steps_per_execution=steps_per_execution), steps)
@@ -220,10 +209,11 @@ def run_benchmark(models, masks, batch_size=128, steps=0, repeats=3, k=0.5, jit_
     `control` adds a second dense model (mask CONTROL), timed in the same rounds:
     its ratio to dense is the noise floor of the other ratios.
 
-    A model is a registered name or a ``keras.applications`` constructor
-    (``keras.applications.ResNet50``): built with ``weights=None`` on
-    ``image_size`` x ``image_size`` x 3 inputs (0: 64) and 10 classes, timed as the
-    dense original ("dense") and as ``sparsify(model, mask=...)`` for the other modes.
+    A model is a registered name or a user's model in one of --model's forms
+    (``keras.applications.ResNet50``, ``package.module:function``, a ``.keras`` file):
+    built on ``image_size`` x ``image_size`` x 3 inputs (0: 64) and 10 classes
+    (applications with ``weights=None``), timed as the dense original ("dense") and as
+    ``sparsify``'s masked copy (what ``build_model`` gives a run) in the other modes.
     """
     check_names(models, masks)
     if control and "dense" in masks:
@@ -262,7 +252,7 @@ def _record(model_name, mask, best, batch_size, log, settings):
               "epoch_ratio_to_dense": ratio("epoch"),
               "backend": keras.backend.backend(), **settings}
     shown = "" if record["ratio_to_dense"] is None else f"  x{record['ratio_to_dense']:.3f} dense"
-    line = (f"{model_name.replace(APPLICATIONS, ''):>8} {mask:>9}: {record['images_per_s']:10.1f} images/s  "
+    line = (f"{model_name.replace(choices.APPLICATIONS_PREFIX, ''):>8} {mask:>9}: {record['images_per_s']:10.1f} images/s  "
             f"{record['step_ms']:8.2f} ms/step{shown}")
     if epoch is not None:
         line += f"  | epochs {record['epoch_images_per_s']:10.1f} images/s"
