@@ -193,11 +193,11 @@ def write_rows(rows, command):
         "Each model: `weights=None`, `classes=10`, `classifier_activation=None` (logits), the "
         "smallest input size it accepts of 32, 71, 75, 331, batch 2 of uniform [0, 1) images. "
         "`sparsify(model, mask=\"topk\", k=0.5)` (defaults: the first conv stays dense) -> one "
-        "SGD step (`model.fit`, learning rate 1e-3) -> `strip` -> `.keras` -> loaded in a fresh process where "
-        "`tf_supermask` cannot be imported (and no tf_supermask class is in the file's "
-        "config) -> max |loaded prediction - masked model's evaluation prediction| (also "
-        "the in-process stripped model's). Pass: max diff <= 1e-5 x max(1, max |logit|). "
-        "Seconds: the whole check, on a shared machine.",
+        "SGD step (`model.fit`, learning rate 1e-3) -> `strip` -> `.keras` -> loaded in a "
+        "fresh process where `tf_supermask` cannot be imported (and no tf_supermask class "
+        "is in the file's config) -> max |loaded prediction - masked model's evaluation "
+        "prediction| (also the in-process stripped model's). Pass: max diff <= 1e-5 x "
+        "max(1, max |logit|). Seconds: the whole check, on a shared machine.",
         "",
         f"**{passed} of {len(rows)} pass.**",
         "",

@@ -476,10 +476,18 @@ def nonaffine_batchnorm(**kwargs):
     return keras.layers.BatchNormalization(center=False, scale=False, **kwargs)
 
 
+def _walk(layer):
+    """Sublayers depth first, each level in its own order (Keras's recursive
+    ``_flatten_layers`` lists a nested model's layers last to first)."""
+    for sublayer in layer._flatten_layers(include_self=False, recursive=False):
+        yield sublayer
+        yield from _walk(sublayer)
+
+
 def masked_layers(model):
-    """All masked layers of a model (recursing into nested models), in order."""
-    return [layer for layer in model._flatten_layers(include_self=False)
-            if isinstance(layer, MaskedLayer)]
+    """All masked layers of a model, in the model's order (nested models and the
+    projections inside an attention layer included, each where it sits)."""
+    return [layer for layer in _walk(model) if isinstance(layer, MaskedLayer)]
 
 
 def get_masks(model):
