@@ -20,7 +20,8 @@ from tf_supermask.models import MODELS, MaskOptions, build_model
 from tf_supermask.training import records
 
 BIN = os.path.dirname(sys.executable)
-BINARIES = ("train", "lottery", "finetune", "prune-init", "report", "export", "batch", "bench")
+BINARIES = ("train", "lottery", "finetune", "prune-init", "report", "export", "batch", "bench",
+            "study")
 # Lines the default output must not hold (TensorFlow's C++ and absl start-up notices, the
 # CPU machine's cuInit error, the end-of-data notice, export's temporary paths).
 NOISE = ("cuInit", "cudart_stub", "absl::InitializeLog", "cpu_feature_guard",
@@ -77,7 +78,7 @@ def test_help_of_every_installed_binary_shows_its_purpose_and_grouped_flags():
 
 MODULES = {"train": "train", "lottery": "lottery", "finetune": "finetune",
            "prune-init": "prune_init", "report": "report", "export": "export", "batch": "batch",
-           "bench": "bench"}
+           "bench": "bench", "study": "study"}
 
 
 @pytest.mark.parametrize("name", BINARIES)

@@ -53,11 +53,20 @@ def help_only(argv):
     return help_requested(argv) or any(arg in ("--helpfull", "-helpfull") for arg in argv[1:])
 
 
+def runs_without_keras(argv):
+    """Whether this process is a binary that only starts other processes and reads their
+    files (tf-supermask-study): it never imports Keras, so `list` answers at once."""
+    program = os.path.abspath(argv[0]) if argv else ""
+    return (os.path.basename(program) == "tf-supermask-study"
+            or program.endswith(os.path.join("tf_supermask", "bin", "study.py")))
+
+
 DEBUG = debug_requested(sys.argv)
 if not DEBUG and not help_only(sys.argv) and "TF_CPP_MIN_LOG_LEVEL" not in os.environ:
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
     # Some start-up notices ("Could not find cuda drivers", "All log messages before
     # absl::InitializeLog()") ignore TF_CPP_MIN_LOG_LEVEL: Keras (and with it the
     # backend) is imported here with stderr closed. An import error is still raised.
-    with stderr_to_devnull():
-        import keras  # noqa: F401
+    if not runs_without_keras(sys.argv):
+        with stderr_to_devnull():
+            import keras  # noqa: F401

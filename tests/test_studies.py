@@ -1,0 +1,218 @@
+"""Studies (tf_supermask/tools/studies.py, study_catalog.py, bin/study.py): every declared
+study's job list is built and parsed without running it, and a tiny study runs end to end
+through the installed tf-supermask-study (run, stop mid-run, resume, status, table, check)."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tf_supermask.tools import batch, studies
+from tf_supermask.tools.study_catalog import STUDIES
+
+BIN = os.path.join(os.path.dirname(sys.executable), "tf-supermask-study")
+
+TINY_FLAGS = """\
+--model=fc
+--width=0.05
+--mask=topk
+--init=signed_kaiming_constant
+--dataset=sample
+--train_size=128
+--batch_size=64
+--epochs=1
+--verbose=0
+"""
+
+
+def _declared():
+    return [(name, scale) for name, study in STUDIES.items() for scale in study.scales]
+
+
+@pytest.mark.parametrize("name,scale", _declared())
+def test_every_declared_study_builds_and_parses_its_job_list(name, scale):
+    study = STUDIES[name]
+    studies.validate_declaration(study)
+    runs = studies.study_runs(study, scale)
+    assert runs and len(runs) == len(study.cells_at(scale)) * len(study.seeds)
+    assert studies.validate_runs(runs) == []
+    names = [job.name for job in studies.unique_jobs(runs)]
+    assert len(set(names)) == len(names)
+    for cell in study.cells_at(scale):
+        for ref in cell.published.values():
+            assert ref.source and (ref.tolerance is None or ref.tolerance >= 0)
+
+
+def test_the_declared_studies_cover_the_seed_papers():
+    assert {"lth", "zhou_criteria", "zhou_supermask", "edgepopup", "liu_compare", "prune_init",
+            "patches"} <= set(STUDIES)
+    models = {scale: {dict(cell.axes).get("model") for cell in STUDIES["lth"].cells_at(scale)}
+              for scale in ("cpu", "full")}
+    assert models == {"cpu": {"fc"}, "full": {"fc", "conv2", "conv4", "conv6"}}
+    edge = {dict(cell.axes)["model"] for cell in STUDIES["edgepopup"].cells_at("full")}
+    assert edge == {"conv2", "conv4", "conv6", "conv8"}
+    liu = {scale: {dict(cell.axes)["model"] for cell in STUDIES["liu_compare"].cells_at(scale)}
+           for scale in ("cpu", "full")}
+    assert liu == {"cpu": {"fc"}, "full": {"resnet20"}}
+    methods = {dict(cell.axes)["method"] for cell in STUDIES["prune_init"].cells}
+    assert {"kstarts", "dissipating", "kstarts_dissipating", "snip", "grasp",
+            "synflow"} <= methods
+
+
+def test_full_scale_runs_keep_the_ledger_job_names():
+    # At the full scale a study's runs are named as in jobs/ (the ledger's committed runs).
+    names = {job.name for job in studies.unique_jobs(
+        studies.study_runs(STUDIES["edgepopup"], "full"))}
+    assert {"edgepopup_conv4_k0.5_seed0", "edgepopup_conv6_model-conv8_k0.3_seed2"} <= names
+
+
+def test_metric_selectors():
+    results = {"test_accuracy": 0.5, "levels": [{"test_accuracy": 0.9}, {"test_accuracy": 0.7}],
+               "arms": [{"arm": "lottery", "sparsity": 0.9, "test_accuracy": 0.8},
+                        {"arm": "finetune", "sparsity": 0.9, "test_accuracy": 0.85}]}
+    assert studies.read_metric(results, "test_accuracy") == 0.5
+    assert studies.read_metric(results, "levels[-1].test_accuracy") == 0.7
+    assert studies.read_metric(results, "arms[arm=finetune,sparsity=0.9].test_accuracy") == 0.85
+    assert studies.read_metric(results, "arms[arm=rewind].test_accuracy") is None
+    assert studies.read_metric(results, "missing") is None
+
+
+def test_bad_declarations_and_requests_are_refused(tmp_path):
+    with pytest.raises(studies.StudyError, match="scale"):
+        studies.study_from_dict({"name": "x", "scales": {"gpu": {}}, "cells": []})
+    with pytest.raises(studies.StudyError, match="bad study declaration"):
+        studies.study_from_dict({"name": "x"})
+    study = studies.study_from_dict({
+        "name": "x", "scales": {"cpu": {}},
+        "cells": [{"axes": {"k": 1}, "flagfile": str(tmp_path / "absent.cfg")}]})
+    with pytest.raises(studies.StudyError, match="not found"):
+        studies.study_runs(study, "cpu")
+    with pytest.raises(studies.StudyError, match="no scale"):
+        studies.study_runs(study, "full")
+    with pytest.raises(studies.StudyError):
+        studies.parse_seeds("0,a")
+
+
+def _tiny_study(tmp_path):
+    flagfile = tmp_path / "tiny.cfg"
+    flagfile.write_text(TINY_FLAGS)
+    declaration = {
+        "name": "tiny", "title": "A tiny study", "binary": "train", "seeds": [0, 1],
+        "scales": {"cpu": {"flags": [], "note": "fc on the shipped sample, 1 epoch"}},
+        "cells": [
+            {"axes": {"model": "fc", "k": "0.3"}, "flagfile": str(flagfile), "flags": ["--k=0.3"],
+             "scales": ["cpu"],
+             "published": {"cpu": {"value": 50.0, "source": "made up for the test",
+                                   "tolerance": 100.0}}},
+            {"axes": {"model": "fc", "k": "0.7"}, "flagfile": str(flagfile), "flags": ["--k=0.7"],
+             "scales": ["cpu"],
+             "published": {"cpu": {"value": 200.0, "source": "out of reach",
+                                   "tolerance": 1.0}}},
+        ]}
+    path = tmp_path / "tiny.json"
+    path.write_text(json.dumps(declaration))
+    return path
+
+
+def _plain_env():
+    env = {key: value for key, value in os.environ.items()
+           if not key.startswith("TF_") and key != "KERAS_BACKEND"}
+    env["CUDA_VISIBLE_DEVICES"] = ""
+    return env
+
+
+def _study(args, cwd, timeout=600):
+    return subprocess.run([BIN, *args], cwd=cwd, env=_plain_env(), capture_output=True,
+                          text=True, timeout=timeout)
+
+
+@pytest.mark.slow
+def test_a_tiny_study_end_to_end_through_the_installed_binary(tmp_path):
+    if not os.path.exists(BIN):
+        pytest.skip("tf-supermask-study is not installed (pip install -e .)")
+    spec = _tiny_study(tmp_path)
+    common = [f"--study_file={spec}", "--root=studies", "--scale=cpu"]
+
+    listed = _study(["list", f"--study_file={spec}"], tmp_path)
+    assert listed.returncode == 0 and "tiny: A tiny study" in listed.stdout
+    assert "cpu (reduced): 2 cells x 2 seeds" in listed.stdout
+
+    # Stopped mid-run: SIGTERM to the study once its first run has started.
+    process = subprocess.Popen([BIN, "run", "tiny", *common], cwd=tmp_path, env=_plain_env(),
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    output = tmp_path / "studies" / "tiny" / "cpu"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not list(output.glob("*_seed0/flags.txt")):
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    stopped_output = process.communicate(timeout=120)[0]
+    assert process.returncode != 0, stopped_output
+    finished = list(output.glob("*/results.json"))
+    assert len(finished) < 4
+
+    status = _study(["status", "tiny", *common], tmp_path)
+    assert status.returncode == 0, status.stderr
+    assert "model=fc k=0.3" in status.stdout and "missing" in status.stdout
+
+    # A time limit too short for any run: stopped, resumable, exit status 2.
+    cut = _study(["run", "tiny", *common, "--time_limit=1"], tmp_path)
+    assert cut.returncode == batch.EXIT_INCOMPLETE, cut.stdout + cut.stderr
+    assert "time limit" in cut.stdout
+
+    done = _study(["run", "tiny", *common, "--parallel=2"], tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert len(list(output.glob("*/results.json"))) == 4
+    again = _study(["run", "tiny", *common], tmp_path)
+    assert again.returncode == 0 and "4 finished earlier (skipped), 0 to run" in again.stdout
+
+    status = _study(["status", "tiny", *common], tmp_path)
+    assert "4/4 cell-seeds done; nothing left" in status.stdout, status.stdout
+
+    table = _study(["table", "tiny", *common], tmp_path)
+    assert table.returncode == 0, table.stderr
+    markdown = (output / "table.md").read_text()
+    assert "reduced" in markdown and "| model=fc k=0.3 | 2/2 |" in markdown
+    rows = list(csv.DictReader(open(output / "table.csv")))
+    assert [row["cell"] for row in rows] == ["model=fc k=0.3", "model=fc k=0.7"]
+    assert rows[0]["published"] == "50.0" and rows[0]["scale"] == "cpu (reduced)"
+    assert 0 <= float(rows[0]["min"]) <= float(rows[0]["mean"]) <= float(rows[0]["max"]) <= 100
+    assert (output / "table.png").stat().st_size > 0
+
+    checked = _study(["check", "tiny", *common], tmp_path)
+    assert checked.returncode == 1, checked.stdout + checked.stderr
+    assert "OUT" in checked.stdout and "1/2 checked cells within tolerance" in checked.stdout
+    within = _study(["check", "tiny", *common, "--only=k=0.3"], tmp_path)
+    assert within.returncode == 0 and within.stdout.startswith("ok"), within.stdout
+
+
+def test_the_binary_gives_one_line_errors(tmp_path):
+    if not os.path.exists(BIN):
+        pytest.skip("tf-supermask-study is not installed (pip install -e .)")
+    for args, message in ((["run", "nope"], "no study 'nope'"),
+                          (["status", "edgepopup", "--seeds=x"], "--seeds"),
+                          (["run", "edgepopup", "--only=nothing-matches"], "matches no cell"),
+                          (["run", "tiny", f"--study_file={tmp_path}/absent.json"],
+                           "cannot read")):
+        result = _study(args, tmp_path, timeout=60)
+        assert result.returncode == 1, (args, result.stderr)
+        assert result.stderr.startswith("error:") and message in result.stderr, result.stderr
+        assert "Traceback" not in result.stderr
+
+
+def test_list_and_help_import_neither_keras_nor_tensorflow(tmp_path):
+    if not os.path.exists(BIN):
+        pytest.skip("tf-supermask-study is not installed (pip install -e .)")
+    for args in (["list"], ["--help"]):
+        probe = ("import runpy, sys; sys.argv = [%r] + %r\n"
+                 "try:\n    runpy.run_path(%r, run_name='__main__')\n"
+                 "except SystemExit:\n    pass\n"
+                 "print('heavy:', sorted(m for m in ('keras', 'tensorflow', 'jax') "
+                 "if m in sys.modules))" % (BIN, args, BIN))
+        result = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=_plain_env(),
+                                capture_output=True, text=True, timeout=120)
+        assert "heavy: []" in result.stdout, (args, result.stdout[-2000:], result.stderr[-2000:])
