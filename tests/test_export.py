@@ -482,3 +482,30 @@ def test_kernels_differ_warning_names_the_backend(finished_run, tmp_path, monkey
 def _warns_kernels_differ(model, path, *args, **kwargs):
     warnings.warn("3 of 3 kernels differ from the weights build_model(...) regenerates")
     open(path, "wb").close()
+
+
+def test_a_flipped_byte_in_the_compressed_header_is_a_format_error(tmp_path):
+    # zlib's own error used to escape (issue 27, point 14): every flipped byte of the
+    # header member's compressed data must be a CompactFormatError (or load cleanly).
+    import zipfile
+
+    from tf_supermask.export.compact import CompactFormatError
+
+    options = MaskOptions(mask="topk", k=0.5, width=0.05)
+    model = build_model("fc", (28, 28, 1), 10, options)
+    path = tmp_path / "ticket.npz"
+    save_compact(model, path, options)
+    data = path.read_bytes()
+    with zipfile.ZipFile(path) as archive:
+        info = archive.getinfo("header.npy")
+    start = info.header_offset + 30 + len(info.filename) + len(info.extra)
+    errors = 0
+    for offset in range(start, start + min(info.compress_size, 64)):
+        damaged = bytearray(data)
+        damaged[offset] ^= 0xFF
+        (tmp_path / "damaged.npz").write_bytes(bytes(damaged))
+        try:
+            load_compact(tmp_path / "damaged.npz")
+        except CompactFormatError:
+            errors += 1
+    assert errors > 0

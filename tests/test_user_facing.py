@@ -292,3 +292,26 @@ def test_tfds_is_used_without_a_check_when_its_data_are_there(tmp_path, monkeypa
         RuntimeError("reached TFDS")))
     with pytest.raises(sources.DatasetNotFoundError, match="reached TFDS"):
         sources.load_dataset("mnist", data_dir=str(tmp_path))
+
+
+def test_version_is_printed_at_once_and_matches_the_package():
+    import configparser
+
+    import tf_supermask
+
+    setup = configparser.ConfigParser()
+    setup.read(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                            "setup.cfg"))
+    assert tf_supermask.__version__ == setup["metadata"]["version"]
+    for name in ("train", "study"):
+        result = _run([_binary(name), "--version"])
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert result.stdout.strip() == f"tf-supermask-{name} {tf_supermask.__version__}"
+
+
+def test_license_changelog_and_citation_are_shipped():
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    assert "Apache License" in open(os.path.join(root, "LICENSE")).read()
+    assert "## Unreleased" in open(os.path.join(root, "CHANGELOG.md")).read()
+    citation = open(os.path.join(root, "CITATION.cff")).read()
+    assert "cff-version:" in citation and "license: Apache-2.0" in citation

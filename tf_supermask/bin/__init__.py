@@ -61,6 +61,16 @@ def runs_without_keras(argv):
             or program.endswith(os.path.join("tf_supermask", "bin", "study.py")))
 
 
+def version_requested(argv):
+    return any(arg in ("--version", "-version") for arg in argv[1:])
+
+
+if version_requested(sys.argv):  # answered before anything imports a framework
+    from tf_supermask import __version__
+
+    print(f"{os.path.basename(sys.argv[0]) or 'tf_supermask'} {__version__}")
+    sys.exit(0)
+
 DEBUG = debug_requested(sys.argv)
 if not DEBUG and not help_only(sys.argv) and "TF_CPP_MIN_LOG_LEVEL" not in os.environ:
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"

@@ -46,6 +46,7 @@ import json
 import os
 import warnings
 import zipfile
+import zlib
 
 import keras
 import numpy as np
@@ -277,7 +278,8 @@ def _read_archive(path):
             if not hasattr(archive, "files"):
                 raise ValueError("a single .npy array, not an archive")
             arrays = {name: archive[name] for name in archive.files}
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError, RuntimeError) as error:
+    except (zipfile.BadZipFile, zlib.error, ValueError, OSError, EOFError, KeyError,
+            RuntimeError) as error:
         raise CompactFormatError(
             f"{path} is not a complete compact supermask file (truncated or corrupt: "
             f"{type(error).__name__}: {error})") from None
