@@ -202,3 +202,15 @@ def test_run_with_a_damaged_backup_restarts_cleanly(tmp_path):
     assert len(results["history"]["loss"]) == 2
     epochs = [line.split(",")[0] for line in (run_dir / "metrics.csv").read_text().splitlines()[1:]]
     assert epochs == ["0", "1"]
+
+
+def test_refusing_a_folder_that_is_not_a_run_touches_nothing(tmp_path):
+    # Issue 27, point 13: the refused folder keeps exactly what it held (no .lock).
+    from tf_supermask.training.run_dir import RunDirError, check
+
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("a user's file")
+    with pytest.raises(RunDirError, match="not a run directory"):
+        check(str(folder), "--model=fc\n")
+    assert sorted(path.name for path in folder.iterdir()) == ["notes.txt"]

@@ -165,6 +165,8 @@ def check(run_dir, flagfile_text, overwrite=False, ignore=()):
     """
     if os.path.exists(run_dir) and not os.path.isdir(run_dir):
         raise RunDirError(f"{run_dir} exists and is not a directory")
+    had_folder = os.path.isdir(run_dir)
+    had_lock = os.path.exists(os.path.join(run_dir, LOCK_FILE))
     try:
         acquire(run_dir)
     except RunDirBusy:
@@ -178,9 +180,22 @@ def check(run_dir, flagfile_text, overwrite=False, ignore=()):
     if problem is None:
         return "resume" if _entries(run_dir) else "new"
     if not overwrite:
+        _untouched(run_dir, had_folder, had_lock)
         raise RunDirError(f"{problem}. Nothing was changed; pass --overwrite to replace "
                           "it, or choose another --run_dir.")
     return "replace"
+
+
+def _untouched(run_dir, had_folder, had_lock):
+    """Releases `run_dir` and removes what locking it created (the lock file, the folder),
+    so that a refused folder is left as it was."""
+    release(run_dir)
+    if not had_lock:
+        with contextlib.suppress(OSError):
+            os.remove(os.path.join(run_dir, LOCK_FILE))
+    if not had_folder:
+        with contextlib.suppress(OSError):
+            os.rmdir(run_dir)
 
 
 def remove_temporaries(run_dir):
