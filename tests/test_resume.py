@@ -214,3 +214,21 @@ def test_refusing_a_folder_that_is_not_a_run_touches_nothing(tmp_path):
     with pytest.raises(RunDirError, match="not a run directory"):
         check(str(folder), "--model=fc\n")
     assert sorted(path.name for path in folder.iterdir()) == ["notes.txt"]
+
+
+def test_metrics_csv_is_whole_after_a_stop_and_a_resume(tmp_path):
+    # Issue 27, point 15: the file is rewritten whole at each epoch end (never a 0-byte
+    # or half file), with "\n" line endings before and after a resume.
+    config = tiny(tmp_path)
+    path = tmp_path / "run" / "metrics.csv"
+    with pytest.raises(Interrupt):
+        train(config, callbacks=[StopAfterFirstEpoch()])
+    stopped = path.read_bytes()
+    assert stopped.count(b"\n") == 2 and b"\r" not in stopped  # header + epoch 0
+    train(config)
+    data = path.read_bytes()
+    assert b"\r" not in data and data.startswith(stopped.split(b"\n")[0] + b"\n")
+    rows = data.decode().splitlines()
+    assert [row.split(",")[0] for row in rows[1:]] == ["0", "1"]
+    assert rows[0].split(",")[0] == "epoch" and len({len(row.split(",")) for row in rows}) == 1
+    assert not list(path.parent.glob(".tmp-*"))

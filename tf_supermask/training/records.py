@@ -2,10 +2,14 @@
 validation split) the test accuracy of every epoch, the best epoch, the banner's
 description of the mask, and how chatty Keras's progress output is."""
 
+import csv
+import io
+import os
 import sys
 
 import keras
 
+from tf_supermask.files import write_atomic
 from tf_supermask.training.optim import current_learning_rate
 
 # Written to results.json when the test set is evaluated each epoch in place of a
@@ -98,3 +102,45 @@ def fit_verbosity(verbose, stream=None):
         isatty = getattr(stream, "isatty", None)
         return 1 if isatty is not None and isatty() else 2
     return verbose
+
+
+class MetricsCSV(keras.callbacks.Callback):
+    """``metrics.csv``: one row per epoch, ``epoch`` then the logged metrics (sorted by
+    name), as Keras's CSVLogger writes it, but the whole file is rewritten through a
+    temporary file at each epoch end: a killed job never leaves a half-written or empty
+    file, and every line ends in "\\n" (also after a resume, which keeps the rows of the
+    epochs already done, see ``trainer.truncate_metrics``)."""
+
+    def __init__(self, path):
+        super().__init__()
+        self.path = path
+        self.keys = None
+        self.rows = []
+
+    def on_train_begin(self, logs=None):
+        self.keys, self.rows = None, []
+        if os.path.exists(self.path):
+            with open(self.path, newline="") as stream:
+                reader = csv.DictReader(stream)
+                self.keys = [key for key in reader.fieldnames or () if key != "epoch"] or None
+                self.rows = [row for row in reader if row.get("epoch", "").isdigit()]
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        if self.keys is None:
+            self.keys = sorted(logs)
+        self.rows.append({"epoch": epoch, **{key: _csv_value(logs.get(key, "NA"))
+                                             for key in self.keys}})
+        text = io.StringIO()
+        writer = csv.DictWriter(text, fieldnames=["epoch"] + self.keys, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(self.rows)
+        write_atomic(self.path, text.getvalue())
+
+
+def _csv_value(value):
+    """A logged value as Keras's CSVLogger writes it (floats as Python floats)."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return value

@@ -114,15 +114,15 @@ METRICS_FILE = "metrics.csv"
 
 
 def truncate_metrics(path, epochs_done):
-    """Keeps the header and the rows of the first `epochs_done` epochs of a CSVLogger file
+    """Keeps the header and the rows of the first `epochs_done` epochs of metrics.csv
     (rows of epochs retrained after a resume would otherwise appear twice)."""
     if not os.path.exists(path):
         return
     if not epochs_done:
         os.remove(path)
         return
-    with open(path) as stream:
-        lines = stream.read().split("\n")
+    with open(path, newline="") as stream:
+        lines = stream.read().replace("\r\n", "\n").split("\n")
     kept = lines[:1]
     for line in lines[1:]:
         epoch = line.split(",", 1)[0]
@@ -136,7 +136,7 @@ def _callbacks(run_dir, backup, extra, records=()):
     # goes last so that a kill between them at most repeats an epoch's rows, which
     # truncate_metrics drops on resume.
     callbacks = list(records) + [WeightsRemainingLogger(), keras.callbacks.TerminateOnNaN(),
-                 keras.callbacks.CSVLogger(os.path.join(run_dir, METRICS_FILE), append=True)]
+                 records_lib.MetricsCSV(os.path.join(run_dir, METRICS_FILE))]
     if tensorboard_available():
         from tf_supermask.training.callbacks import MaskImageLogger
 
