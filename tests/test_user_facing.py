@@ -315,3 +315,29 @@ def test_license_changelog_and_citation_are_shipped():
     assert "## Unreleased" in open(os.path.join(root, "CHANGELOG.md")).read()
     citation = open(os.path.join(root, "CITATION.cff")).read()
     assert "cff-version:" in citation and "license: Apache-2.0" in citation
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--epoch=2"], "error: Unknown command line flag 'epoch'"),
+    (["--k=50"], "error: --k is the fraction of weights kept and must be in (0, 1], got 50.0"),
+    (["--flagfile={flagfile}"], "error: Unknown command line flag 'epoch'"),
+])
+def test_a_bad_flag_is_one_error_line_before_any_framework_loads(args, message, tmp_path):
+    # Issue 27, points 5 and 6: no usage text, the flagfile named, and neither Keras nor
+    # TensorFlow imported to say so.
+    flagfile = tmp_path / "bad.cfg"
+    flagfile.write_text("--model=fc\n--epoch=2\n")
+    args = [arg.format(flagfile=flagfile) for arg in args]
+    code = ("import atexit, sys\n"
+            "heavy = ('keras', 'tensorflow', 'jax')\n"
+            "atexit.register(lambda: print('IMPORTED', [m for m in heavy if m in sys.modules]))\n"
+            f"sys.argv = ['tf-supermask-train'] + {args!r}\n"
+            "from tf_supermask.bin.train import run\n"
+            "run()\n")
+    result = _run([sys.executable, "-c", code])
+    assert result.returncode == 1
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith(message), result.stderr
+    if "flagfile" in args[0]:
+        assert lines[0].endswith(f"(in --flagfile={flagfile})")
+    assert result.stdout.rstrip().endswith("IMPORTED []"), result.stdout[-300:]

@@ -72,11 +72,17 @@ if version_requested(sys.argv):  # answered before anything imports a framework
     sys.exit(0)
 
 DEBUG = debug_requested(sys.argv)
-if not DEBUG and not help_only(sys.argv) and "TF_CPP_MIN_LOG_LEVEL" not in os.environ:
+QUIET = not DEBUG and not help_only(sys.argv) and "TF_CPP_MIN_LOG_LEVEL" not in os.environ
+if QUIET:
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
-    # Some start-up notices ("Could not find cuda drivers", "All log messages before
-    # absl::InitializeLog()") ignore TF_CPP_MIN_LOG_LEVEL: Keras (and with it the
-    # backend) is imported here with stderr closed. An import error is still raised.
-    if not runs_without_keras(sys.argv):
+
+
+def import_framework_quietly():
+    """Imports Keras (and with it the backend) with stderr closed: some start-up notices
+    ("Could not find cuda drivers", "All log messages before absl::InitializeLog()")
+    ignore TF_CPP_MIN_LOG_LEVEL. ``run_main`` calls it once the flags are parsed, so a
+    mistyped flag is reported before the frameworks load. An import error is still
+    raised."""
+    if QUIET and not runs_without_keras(sys.argv):
         with stderr_to_devnull():
-            import keras  # noqa: F401
+            import keras  # noqa: F401,F811

@@ -2,12 +2,14 @@
 and user errors as one line instead of a traceback."""
 
 import importlib
+import os
+import re
 import signal
 import sys
 
 from absl import app
 
-from tf_supermask.bin import DEBUG
+from tf_supermask.bin import DEBUG, import_framework_quietly
 from tf_supermask.bin.help import help_requested, print_help_and_exit
 from tf_supermask.config import define_flags, from_flags
 
@@ -48,22 +50,28 @@ def _terminate(signum, frame):
     raise SystemExit(128 + signum)
 
 
-def run_main(main, module=None, config_class=None):
+def run_main(main, module=None, config_class=None, framework_first=True):
     """Runs `main(argv)` as an absl app: user errors and Ctrl-C end it with one line on
     stderr (exit status 1, 130 for Ctrl-C), SIGTERM cleans up before exiting.
 
     ``--help`` prints the docstring of `module` (default: the one defining `main`) and
-    its flags in groups (those of `config_class` too), then exits 0.
+    its flags in groups (those of `config_class` too), then exits 0. The frameworks are
+    imported (quietly) once the flags are parsed, before `main` unless
+    `framework_first` is False (a configuration binary imports them once its
+    configuration is checked, so that a bad value is reported at once too).
     """
     if help_requested(sys.argv):
         print_help_and_exit(module or sys.modules[main.__module__], config_class)
 
     def guarded(argv):
+        if framework_first:  # after the flags: a bad flag is reported at once
+            import_framework_quietly()
         quiet_logs()
         try:
             return main(argv)
-        except app.UsageError:
-            raise
+        except app.UsageError as error:
+            sys.stderr.write(f"error: {error_message(error)}\n")
+            sys.exit(1)
         except KeyboardInterrupt:
             sys.stderr.write("interrupted; run the same command again to resume\n")
             sys.exit(130)
@@ -72,7 +80,38 @@ def run_main(main, module=None, config_class=None):
             sys.exit(1)
 
     signal.signal(signal.SIGTERM, _terminate)
-    app.run(guarded)
+    app.run(guarded, flags_parser=parse_flags)
+
+
+def flagfile_of(name, argv):
+    """The --flagfile of `argv` (one level deep) that sets flag `name`, or None."""
+    for arg in argv[1:]:
+        if not arg.startswith("--flagfile="):
+            continue
+        path = os.path.expanduser(arg.split("=", 1)[1])
+        try:
+            with open(path) as stream:
+                lines = [line.strip() for line in stream]
+        except OSError:
+            continue
+        if any(re.match(rf"--(no)?{re.escape(name)}(=|$)", line) for line in lines):
+            return path
+    return None
+
+
+def parse_flags(argv):
+    """absl's flag parsing, with a bad flag as one ``error:`` line (naming the flagfile
+    it came from) instead of absl's usage text."""
+    from absl import flags
+
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as error:
+        message = error_message(error)
+        match = re.search(r"flag '(?:--)?(\w+)'|--(\w+)", message)
+        where = flagfile_of(next(g for g in match.groups() if g), argv) if match else None
+        sys.stderr.write(f"error: {message}{f' (in --flagfile={where})' if where else ''}\n")
+        sys.exit(1)
 
 
 def config_app(config_class, run_config, module=None):
@@ -96,6 +135,7 @@ def config_app(config_class, run_config, module=None):
             config = from_flags(config_class)
         except (ValueError, TypeError) as error:
             raise app.UsageError(error_message(error)) from None
+        import_framework_quietly()  # the configuration holds: now the frameworks load
         function = run_config
         if isinstance(function, str):
             module_name, name = function.split(":")
@@ -103,6 +143,6 @@ def config_app(config_class, run_config, module=None):
         function(config)
 
     def run():
-        run_main(main, module, config_class)
+        run_main(main, module, config_class, framework_first=False)
 
     return main, run
