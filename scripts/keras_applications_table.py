@@ -199,7 +199,8 @@ def write_rows(rows, command):
         "prediction| (also the in-process stripped model's). Pass: max diff <= 1e-5 x "
         "max(1, max |logit|). Seconds: the whole check, on a shared machine.",
         "",
-        f"**{passed} of {len(rows)} pass.**",
+        f"**{passed} of {len(rows)} checked pass** ({len(rows)} of {len(constructors())} "
+        "constructors checked so far; the script resumes where it stopped).",
         "",
         "| model | input | masked layers | params | result | max diff | max logit | seconds "
         "| error |",
