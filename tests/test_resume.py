@@ -232,3 +232,20 @@ def test_metrics_csv_is_whole_after_a_stop_and_a_resume(tmp_path):
     assert [row.split(",")[0] for row in rows[1:]] == ["0", "1"]
     assert rows[0].split(",")[0] == "epoch" and len({len(row.split(",")) for row in rows}) == 1
     assert not list(path.parent.glob(".tmp-*"))
+
+
+def test_a_backup_left_by_a_kill_after_the_results_is_removed_next_time(tmp_path):
+    # Issue 27, point 13: a kill between results.json and the backup's removal left the
+    # backup for ever; the next command on the finished run removes it (and refuses).
+    from tf_supermask.training.run_dir import RunDirError
+
+    config = tiny(tmp_path)
+    train(config)
+    backup = tmp_path / "run" / "checkpoints" / "backup"
+    backup.mkdir(parents=True)
+    (backup / "epoch_2.weights.h5").write_bytes(b"x" * 1000)
+    (tmp_path / "run" / ".tmp-results.json").write_text("{")
+    with pytest.raises(RunDirError, match="finished run"):
+        train(config)
+    assert not backup.exists() and not (tmp_path / "run" / ".tmp-results.json").exists()
+    assert (tmp_path / "run" / "results.json").exists()

@@ -180,10 +180,24 @@ def check(run_dir, flagfile_text, overwrite=False, ignore=()):
     if problem is None:
         return "resume" if _entries(run_dir) else "new"
     if not overwrite:
+        _remove_finished_leftovers(run_dir)
         _untouched(run_dir, had_folder, had_lock)
         raise RunDirError(f"{problem}. Nothing was changed; pass --overwrite to replace "
                           "it, or choose another --run_dir.")
     return "replace"
+
+
+# The resume backup of a run; a kill between results.json and its removal leaves it.
+BACKUP_DIR = os.path.join("checkpoints", "backup")
+
+
+def _remove_finished_leftovers(run_dir):
+    """In a finished run (results.json written), the resume backup and the temporary
+    files a kill left behind are leftovers nothing reads: removed, with the lock held."""
+    if not os.path.exists(os.path.join(run_dir, RESULTS_FILE)):
+        return
+    shutil.rmtree(os.path.join(run_dir, BACKUP_DIR), ignore_errors=True)
+    remove_temporaries(run_dir)
 
 
 def _untouched(run_dir, had_folder, had_lock):

@@ -109,7 +109,7 @@ def create_model(config, dataset, steps_per_epoch, strategy=None):
     return adapt_model(model, strategy)
 
 
-BACKUP_DIR = os.path.join("checkpoints", "backup")
+BACKUP_DIR = run_dir_lib.BACKUP_DIR
 METRICS_FILE = "metrics.csv"
 
 
