@@ -225,6 +225,27 @@ def _copy_into_masked(old, new, keep_weights):
     assign(new, weights.get("kernel"), bias)
 
 
+def _clone_replacing(model, replace, fill):
+    """A clone of `model` (nested models included) where ``replace(layer)`` gives each
+    layer's replacement (None: a copy of the layer). Replaced layers then get their
+    weights from ``fill(old, new)``; every other layer keeps its own weights."""
+    pairs = []  # (old, new, replaced)
+
+    def clone(layer):
+        new = replace(layer)
+        copied = layer.__class__.from_config(layer.get_config()) if new is None else new
+        pairs.append((layer, copied, new is not None))
+        return pairs[-1][1]
+
+    out = keras.models.clone_model(model, clone_function=clone, recursive=True)
+    for old, new, replaced in pairs:
+        if replaced:
+            fill(old, new)
+        elif getattr(old, "weights", None) and not isinstance(old, keras.Model):  # not ops
+            new.set_weights(old.get_weights())
+    return out
+
+
 def sparsify(model, mask="topk", k=0.5, layers=None, allocation="layer", kind_k=None,
              keep_weights=None, prune_first_layer=None, init="kaiming_normal", score_init=None,
              scale_fan="none", rescale=False, count_rule="hidden_networks", seed=0,
@@ -307,23 +328,13 @@ def sparsify(model, mask="topk", k=0.5, layers=None, allocation="layer", kind_k=
         raise ValueError(f"nothing to mask: the only layer chosen, {targets[0].name!r}, is the "
                          "model's first conv, which stays dense by default (the recipes'); "
                          "pass prune_first_layer=True to mask it")
-    pairs = []
+    def replace(layer):
+        return replaced[id(layer)][1] if id(layer) in replaced else None
 
-    def clone(layer):
-        if id(layer) in replaced:
-            new = replaced[id(layer)][1]
-        else:
-            new = layer.__class__.from_config(layer.get_config())
-        pairs.append((layer, new))
-        return new
+    def copy(old, new):
+        _copy_into_masked(old, new, keep_weights)
 
-    out = keras.models.clone_model(model, clone_function=clone, recursive=True)
-    for old, new in pairs:
-        if id(old) in replaced:
-            _copy_into_masked(old, new, keep_weights)
-        elif getattr(old, "weights", None) and not isinstance(old, keras.Model):  # not ops
-            new.set_weights(old.get_weights())
-    return out
+    return _clone_replacing(model, replace, copy)
 
 
 # Back to plain Keras ----------------------------------------------------------------------
@@ -398,27 +409,18 @@ def strip(model):
     from tf_supermask.layers.attention import MaskedMultiHeadAttention as Attention
 
     _check_model(model)
-    pairs = []
-
-    def clone(layer):
+    def replace(layer):
         if isinstance(layer, Attention):
-            new = keras.layers.MultiHeadAttention.from_config(layer.plain_config())
-        elif isinstance(layer, MaskedLayer):
-            new = _plain_layer(layer)
-        else:
-            new = layer.__class__.from_config(layer.get_config())
-        pairs.append((layer, new))
-        return new
+            return keras.layers.MultiHeadAttention.from_config(layer.plain_config())
+        return _plain_layer(layer) if isinstance(layer, MaskedLayer) else None
 
-    out = keras.models.clone_model(model, clone_function=clone, recursive=True)
-    for old, new in pairs:
+    def fold(old, new):
         if isinstance(old, Attention):
             old.fold_into(new)
-        elif isinstance(old, MaskedLayer):
+        else:
             _fold_into(old, new)
-        elif getattr(old, "weights", None) and not isinstance(old, keras.Model):  # not ops
-            new.set_weights(old.get_weights())
-    return out
+
+    return _clone_replacing(model, replace, fold)
 
 
 def sparsified_layers(model):
