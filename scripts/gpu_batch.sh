@@ -14,7 +14,7 @@
 #     and no .whl/ is needed.
 # CIFAR-10 is decoded from .data/cifar10_jpeg.npz (also made by
 # prepare_gpu_bundle.sh) into $DATA_DIR/cifar10.npz unless that file exists.
-# The GPU results ledger runs its job list with scripts/ledger_window.sh instead.
+# The full-scale studies run in time-limited GPU jobs with scripts/gpu_study_window.sh.
 #
 # Environment:
 #   KERAS_BACKEND  backend of the jobs (default: jax)

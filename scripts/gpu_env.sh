@@ -1,4 +1,4 @@
-# Sourced (not run) by scripts/gpu_batch.sh and scripts/ledger_window.sh, from the
+# Sourced (not run) by scripts/gpu_batch.sh and scripts/gpu_study_window.sh, from the
 # repository root: makes tf_supermask runnable on a GPU machine without `pip install -e`.
 #   - an image with JAX and CUDA but no TensorFlow or Keras (no network): the wheels
 #     that `bash scripts/prepare_gpu_bundle.sh` put into .whl/ are installed into $SITE

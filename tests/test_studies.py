@@ -64,8 +64,8 @@ def test_the_declared_studies_cover_the_seed_papers():
             "synflow"} <= methods
 
 
-def test_full_scale_runs_keep_the_ledger_job_names():
-    # At the full scale a study's runs are named as in jobs/ (the ledger's committed runs).
+def test_full_scale_runs_keep_the_job_names_of_the_earlier_job_lists():
+    # At the full scale a study's runs are named as tf-supermask-batch names the same jobs.
     names = {job.name for job in studies.unique_jobs(
         studies.study_runs(STUDIES["edgepopup"], "full"))}
     assert {"edgepopup_conv4_k0.5_seed0", "edgepopup_conv6_model-conv8_k0.3_seed2"} <= names
@@ -189,6 +189,102 @@ def test_a_tiny_study_end_to_end_through_the_installed_binary(tmp_path):
     within = _study(["check", "tiny", *common, "--only=k=0.3"], tmp_path)
     assert within.returncode == 0 and within.stdout.startswith("ok"), within.stdout
 
+    # Records travel (a GPU window's files) and give the same table elsewhere.
+    packed = _study(["pack", "tiny", *common, "--output=window.tar.gz"], tmp_path)
+    assert packed.returncode == 0 and "records of 4 finished runs" in packed.stdout, packed.stderr
+    unpacked = _study(["unpack", "window.tar.gz", "--root=records"], tmp_path)
+    assert unpacked.returncode == 0, unpacked.stderr
+    copies = tmp_path / "records" / "tiny" / "cpu"
+    assert sorted(path.name for path in copies.glob("*_seed0/*")) == sorted(
+        ["flags.txt", "metrics.csv", "results.json"] * 2)
+    assert set(json.loads((copies / "walls.json").read_text())) == {
+        path.name for path in finished_runs(output)}
+    again = _study(["table", "tiny", f"--study_file={spec}", "--root=records", "--scale=cpu"],
+                   tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert list(csv.DictReader(open(copies / "table.csv"))) == rows
+    index = _study(["table", "all", f"--study_file={spec}", "--root=records"], tmp_path)
+    assert index.returncode == 0, index.stderr
+    readme = (tmp_path / "records" / "README.md").read_text()
+    assert "| tiny | cpu (reduced) | 2/2 | 4/4 |" in readme
+    assert "| lth | full | 0/4 | 0 | - | not run yet |" in readme
+
+    # A record made with other flags than the study's today is stale: shown, not counted,
+    # and made again on request.
+    old = next(copies.glob("*k0.7_seed1/flags.txt"))
+    old.write_text(old.read_text().replace("--width=0.05", "--width=0.1"))
+    status = _study(["status", "tiny", f"--study_file={spec}", "--root=records"], tmp_path)
+    assert "1 stale" in status.stdout and "flags differ: width" in status.stdout, status.stdout
+    stale_table = _study(["table", "tiny", f"--study_file={spec}", "--root=records"], tmp_path)
+    assert stale_table.returncode == 0
+    assert "| model=fc k=0.7 | 1/2 |" in (copies / "table.md").read_text()
+    rerun = _study(["run", "tiny", f"--study_file={spec}", "--root=records", "--rerun_stale"],
+                   tmp_path)
+    assert rerun.returncode == 0 and "set aside and run again" in rerun.stdout, rerun.stdout
+    assert "1 to run" in rerun.stdout
+    assert len(list(copies.glob("*k0.7_seed1.stale-1/flags.txt"))) == 1
+    status = _study(["status", "tiny", f"--study_file={spec}", "--root=records"], tmp_path)
+    assert "4/4 cell-seeds done" in status.stdout and "stale" not in status.stdout
+
+
+def finished_runs(output):
+    return [path.parent for path in output.glob("*/results.json")]
+
+
+def test_pack_carries_records_and_cut_runs_and_unpack_resumes_them_in_place(tmp_path):
+    spec = _tiny_study(tmp_path)
+    study = studies.load_study_file(str(spec))["tiny"]
+    jobs = studies.unique_jobs(studies.study_runs(study, "cpu", seeds=[0]))
+    output = studies.output_folder(str(tmp_path / "gpu"), study, "cpu")
+    from tf_supermask.config import to_flagfile
+
+    done, cut = (batch.run_dir(output, job) for job in jobs)
+    for folder, finished in ((done, True), (cut, False)):
+        os.makedirs(os.path.join(folder, "checkpoints"))
+        os.makedirs(os.path.join(folder, "tensorboard"))
+        open(os.path.join(folder, "checkpoints", "backup.weights.h5"), "wb").write(b"w" * 4096)
+        open(os.path.join(folder, "tensorboard", "events"), "wb").write(b"e" * 4096)
+        open(os.path.join(folder, "metrics.csv"), "w").write("epoch,loss\n0,1.0\n")
+        job = jobs[0] if finished else jobs[1]
+        open(os.path.join(folder, "flags.txt"), "w").write(
+            to_flagfile(studies.job_config(job)))
+        if finished:
+            open(os.path.join(folder, "results.json"), "w").write('{"test_accuracy": 0.5}')
+    assert studies.stale_reason(output, jobs[0]) == ""
+
+    archive, cut_runs = (str(tmp_path / "out" / name) for name in ("records.tar.gz",
+                                                                     "partial.tar.gz"))
+    report = studies.pack(study, "cpu", str(tmp_path / "gpu"), archive, seeds=[0],
+                          partial_destination=cut_runs, partial_mib=1)
+    assert (report.records, report.partial) == ([jobs[0].name], [jobs[1].name])
+    small = studies.pack(study, "cpu", str(tmp_path / "gpu"), str(tmp_path / "x.tar.gz"),
+                         seeds=[0], partial_destination=str(tmp_path / "y.tar.gz"),
+                         partial_mib=0.001)
+    assert small.skipped == [jobs[1].name] and small.partial == []
+
+    assert len(studies.unpack(archive, str(tmp_path / "here"))) == 1
+    assert len(studies.unpack(cut_runs, str(tmp_path / "here"))) == 1
+    here = studies.output_folder(str(tmp_path / "here"), study, "cpu")
+    record = os.path.join(here, jobs[0].name)
+    assert sorted(os.listdir(record)) == ["flags.txt", "metrics.csv", "results.json"]
+    resumable = os.path.join(here, jobs[1].name)
+    assert sorted(os.listdir(resumable)) == ["checkpoints", "flags.txt", "metrics.csv"]
+    assert [state.done for state in studies.cell_states(study, "cpu", str(tmp_path / "here"),
+                                                        seeds=[0])] == [1, 0]
+
+    with open(tmp_path / "evil.tar.gz", "wb") as stream:
+        import io as io_lib
+        import tarfile
+
+        with tarfile.open(fileobj=stream, mode="w:gz") as evil:
+            info = tarfile.TarInfo("../../escape/x/y")
+            info.size = 1
+            evil.addfile(info, io_lib.BytesIO(b"x"))
+    with pytest.raises(studies.StudyError, match="not a study record"):
+        studies.unpack(str(tmp_path / "evil.tar.gz"), str(tmp_path / "here"))
+    with pytest.raises(studies.StudyError, match="cannot read"):
+        studies.unpack(str(spec), str(tmp_path / "here"))
+
 
 def test_the_binary_gives_one_line_errors(tmp_path):
     if not os.path.exists(BIN):
@@ -216,3 +312,33 @@ def test_list_and_help_import_neither_keras_nor_tensorflow(tmp_path):
         result = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=_plain_env(),
                                 capture_output=True, text=True, timeout=120)
         assert "heavy: []" in result.stdout, (args, result.stdout[-2000:], result.stderr[-2000:])
+
+
+@pytest.mark.slow
+def test_a_gpu_window_runs_full_scale_studies_in_time_and_packs_what_finished(tmp_path):
+    # scripts/gpu_study_window.sh on this CPU (KERAS_BACKEND=tensorflow): the runs of the
+    # study's full scale, their records packed into OUT, and unpacked here as a table.
+    declaration = json.loads(_tiny_study(tmp_path).read_text())
+    declaration["scales"] = {"full": {"flags": []}}
+    declaration["seeds"] = [0]
+    for cell in declaration["cells"]:
+        cell["scales"], cell["published"] = ["full"], {}
+    spec = tmp_path / "window.json"
+    spec.write_text(json.dumps(declaration))
+    env = dict(_plain_env(), OUT=str(tmp_path / "out"), ROOT=str(tmp_path / "device"),
+               PARTIAL=str(tmp_path / "partial"), STUDY_FILE=str(spec),
+               KERAS_BACKEND="tensorflow", DATA_DIR=str(tmp_path / "data"),
+               PYTHON=sys.executable, PARALLEL="2", WINDOW_SECONDS="560")
+    script = os.path.join(studies.REPO_ROOT, "scripts", "gpu_study_window.sh")
+    result = subprocess.run(["bash", script, "tiny"], env=env, capture_output=True, text=True,
+                            timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    out = tmp_path / "out"
+    assert sorted(path.name for path in out.iterdir()) == [
+        "tiny_partial.tar.gz", "tiny_records.tar.gz", "window.log"]
+    assert "records of 2 finished runs" in (out / "window.log").read_text()
+    here = tmp_path / "here"
+    assert len(studies.unpack(str(out / "tiny_records.tar.gz"), str(here))) == 2
+    study = studies.load_study_file(str(spec))["tiny"]
+    assert [len(state.values) for state in studies.cell_states(study, "full", str(here))] \
+        == [1, 1]

@@ -181,3 +181,16 @@ def resolve_weight_decay_mode(optimizer, mode):
                          "decoupled by definition): use --optimizer=adam with l2, or "
                          "--weight_decay_mode=decoupled")
     return mode
+
+
+def single_worker_only(strategy, binary):
+    """Refuses --strategy=multi_worker for `binary`: its experiments chain several runs
+    and write files of their own between them, which only tf-supermask-train's run
+    directory handling (``task_run_dir``) keeps apart across workers.
+
+    Raises:
+      ValueError: `strategy` is "multi_worker".
+    """
+    if strategy == "multi_worker":
+        raise ValueError(f"--strategy=multi_worker is supported by tf-supermask-train only; "
+                         f"{binary} runs on one host (mirrored or one_device)")

@@ -1,6 +1,6 @@
 """tf-supermask-batch: runs a list of flagfiles, every run directory under one folder.
 
-    tf-supermask-batch jobs/reproduce_cifar10.txt --output=runs/cifar10 --parallel=4 \\
+    tf-supermask-batch jobs/smoke.txt --output=runs/smoke --parallel=4 \\
         --extra_flags="--data_dir=$HOME/data --verbose=2"
 
 Each line of the job list is ``[binary] FLAGFILE [--flag=value ...]`` (binary:

@@ -4,7 +4,11 @@
     tf-supermask-study run edgepopup --scale=cpu --seeds=0 --parallel=2
     tf-supermask-study status edgepopup --scale=cpu
     tf-supermask-study table edgepopup --scale=cpu      # markdown, CSV and PNG
+    tf-supermask-study table all --root=runs/results/studies   # every table, README.md index
     tf-supermask-study check edgepopup --scale=cpu      # exit status 1 if a cell is out
+    tf-supermask-study pack edgepopup --scale=cpu --output=records/   # results.json,
+        # flags.txt, metrics.csv of the finished runs (a folder, or FILE.tar.gz to carry)
+    tf-supermask-study unpack FILE.tar.gz --root=ROOT   # records (and cut runs) under ROOT
 
 Scales: ``cpu`` is a reduced setting that finishes on 2 CPU cores (labelled "reduced"
 wherever it is shown); ``full`` is the paper's schedule (a GPU machine). Runs go to
@@ -22,7 +26,7 @@ from absl import app, flags
 
 from tf_supermask.bin.common import run_main
 
-COMMANDS = ("list", "run", "status", "table", "check")
+COMMANDS = ("list", "run", "status", "table", "check", "pack", "unpack")
 
 flags.DEFINE_enum("scale", "cpu", ["cpu", "full"], "cpu: reduced, finishes on 2 cores; full: "
                   "the paper's schedule.")
@@ -35,8 +39,13 @@ flags.DEFINE_string("root", "runs/studies", "Parent folder of the studies' run d
 flags.DEFINE_string("extra_flags", "", "Flags given to every run, e.g. \"--data_dir=DIR\".")
 flags.DEFINE_bool("dry_run", False, "run: print the commands, run nothing.")
 flags.DEFINE_string("output", "", "table: path prefix of the .md/.csv/.png (default "
-                    "ROOT/STUDY/SCALE/table).")
+                    "ROOT/STUDY/SCALE/table); pack: a .tar.gz file or a folder (required).")
 flags.DEFINE_string("study_file", "", "A JSON file declaring more studies.")
+flags.DEFINE_bool("rerun_stale", False, "run: finished runs made with other flags than the "
+                  "study's today are set aside (renamed NAME.stale-N) and run again.")
+flags.DEFINE_string("partial_output", "", "pack: also pack cut runs' directories (without "
+                    "TensorBoard events) into this .tar.gz, so they resume where unpacked.")
+flags.DEFINE_float("partial_mib", 15.0, "pack: most MiB of cut runs in --partial_output.")
 FLAGS = flags.FLAGS
 
 
@@ -71,10 +80,13 @@ def _status(study, scale, seeds, only):
     width = max(len(state.cell.name) for state in states)
     for state in states:
         values = (f", mean {sum(state.values) / len(state.values):.2f}" if state.values else "")
+        stale = f", {state.stale} stale" if state.stale else ""
         print(f"  {state.cell.name:<{width}}  {state.done} done, {state.running} running or "
-              f"cut, {state.missing} missing{values}")
+              f"cut, {state.missing} missing{stale}{values}")
+    for name, reason in lib.stale_runs(study, scale, FLAGS.root, seeds, only).items():
+        print(f"stale (not counted; run --rerun_stale): {name}: {reason}")
     done = sum(state.done for state in states)
-    total = sum(state.done + state.running + state.missing for state in states)
+    total = sum(state.total for state in states)
     left = lib.estimate_seconds_left(study, scale, FLAGS.root, seeds, only,
                                      max(1, FLAGS.parallel))
     estimate = ("nothing left" if left == 0 else "no finished run to estimate from"
@@ -97,6 +109,18 @@ def main(argv):
                 raise app.UsageError(f"list takes no arguments, got {rest}")
             _list(studies)
             return
+        if command == "unpack":
+            if not rest:
+                raise app.UsageError("give the archives: tf-supermask-study unpack FILE.tar.gz "
+                                     "... --root=ROOT")
+            for source in rest:
+                folders = lib.unpack(source, FLAGS.root)
+                print(f"{source}: {len(folders)} run folders under {FLAGS.root}")
+            return
+        if command == "table" and rest == ["all"]:
+            for path in lib.write_index(studies, FLAGS.root):
+                print(path)
+            return
         if len(rest) != 1:
             raise app.UsageError(f"give one study: tf-supermask-study {command} STUDY "
                                  f"(one of {', '.join(studies)})")
@@ -112,7 +136,7 @@ def main(argv):
             report = lib.run_study(study, scale, FLAGS.root, seeds, FLAGS.only,
                                    parallel=FLAGS.parallel, time_limit=FLAGS.time_limit,
                                    extra_flags=batch.parse_extra_flags(FLAGS.extra_flags),
-                                   dry_run=FLAGS.dry_run)
+                                   dry_run=FLAGS.dry_run, rerun_stale=FLAGS.rerun_stale)
             if not FLAGS.dry_run:
                 sys.exit(report.exit_code)
         elif command == "status":
@@ -121,6 +145,17 @@ def main(argv):
             for path in lib.write_table(study, scale, FLAGS.root, FLAGS.output, seeds,
                                         FLAGS.only):
                 print(path)
+        elif command == "pack":
+            if not FLAGS.output:
+                raise lib.StudyError("pack: give --output=FILE.tar.gz or --output=FOLDER")
+            if FLAGS.partial_output and not FLAGS.partial_output.endswith((".tar.gz", ".tgz")):
+                raise lib.StudyError(f"--partial_output={FLAGS.partial_output}: give a .tar.gz")
+            report = lib.pack(study, scale, FLAGS.root, FLAGS.output, seeds, FLAGS.only,
+                              FLAGS.partial_output, FLAGS.partial_mib)
+            print(f"packed into {FLAGS.output}: records of {len(report.records)} finished "
+                  f"runs, {len(report.partial)} cut runs to resume"
+                  + (f"; {len(report.skipped)} cut runs left out (over --partial_mib)"
+                     if report.skipped else ""))
         else:
             lines = lib.check(study, scale, FLAGS.root, seeds, FLAGS.only)
             if not lines:

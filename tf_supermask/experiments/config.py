@@ -10,7 +10,8 @@ the library (criteria, methods, strategies) is imported when it is checked.
 import dataclasses
 
 from tf_supermask import choices
-from tf_supermask.choices import ARMS, FINETUNE_METHODS, PRUNED_WEIGHTS, REINITS  # noqa: F401
+from tf_supermask.choices import (ARMS, FINETUNE_METHODS, PRUNED_WEIGHTS, REINITS,  # noqa: F401
+                                  single_worker_only)
 from tf_supermask.config import ConfigGroup, option
 from tf_supermask.points import TrainingPoint
 from tf_supermask.pruning.options import GRADUAL_SCHEDULES, SCOPES, PruneOptions
@@ -19,8 +20,6 @@ from tf_supermask.training.config import TrainConfig
 def _check_weights_binary(config, binary, what):
     """What the lottery and fine-tuning binaries share: one host, and weights that train
     under a dense or fixed mask (`what` says why, in the error)."""
-    from tf_supermask.training.distribute import single_worker_only
-
     single_worker_only(config.strategy, binary)
     if config.mask not in ("dense", "fixed"):
         raise ValueError(f"{binary} {what}; --mask must be dense or fixed, got {config.mask!r}")
@@ -349,8 +348,6 @@ class PruneInitConfig(PruneOptions, TrainConfig):
                              "--train_weights must be true or auto")
         TrainConfig.__post_init__(self)
         from tf_supermask.pruning.at_init import PRUNE_METHODS
-        from tf_supermask.training.distribute import single_worker_only
-
         single_worker_only(self.strategy, "tf-supermask-prune-init")
         method = PRUNE_METHODS.get(self.method)
         if self.mask_file:

@@ -26,7 +26,7 @@ fraction ``mix`` of patch filters with the other filters left random,
 ``rescale``: scaling each patched kernel so that the power of its output on the
 real activations equals what the same kernel would give on uncorrelated inputs
 (what the Kaiming scale assumes), and ``zca`` whitening. In a reduced CPU pilot
-(``runs/results/patches_cpu_pilot.md``) patching only the first two layers (the
+(``runs/results/superseded/patches_cpu_pilot.md``) patching only the first two layers (the
 first block of conv2..conv8) did best on conv6, so ``layers=2`` is the default;
 ``layers=0`` patches every conv layer. ``dense`` applies the analogue to hidden
 dense layers (each unit's weights: the whole input vector of one image).

@@ -24,7 +24,8 @@ import re
 import shlex
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
-from tf_supermask.files import write_atomic
+from tf_supermask.choices import FLAGS_FILE, RESULTS_FILE, RUN_CONTROL_FIELDS
+from tf_supermask.files import atomic_file, write_atomic
 from tf_supermask.tools import batch
 
 SCALES = ("cpu", "full")
@@ -238,11 +239,16 @@ class CellState:
     missing: int
     seconds: List[float]  # wall or train seconds of finished runs
     reference: Optional[Reference]
+    stale: int = 0  # finished with other flags than the study's today: not counted
+
+    @property
+    def total(self) -> int:
+        return self.done + self.running + self.missing + self.stale
 
 
 def _run_state(output: str, job: batch.Job) -> str:
     if batch.finished(output, job):
-        return "done"
+        return "stale" if stale_reason(output, job) else "done"
     directory = batch.run_dir(output, job)
     if os.path.isdir(directory) and any(name != ".lock" for name in os.listdir(directory)):
         return "running" if _locked(directory) else "started"
@@ -271,7 +277,20 @@ def _locked(directory: str) -> bool:
 
 
 def _wall_seconds(output: str) -> Dict[str, float]:
-    """Job name -> wall seconds from the batch summary (the runner's measure)."""
+    """Job name -> wall seconds: those kept in walls.json (by ``run_study`` and ``pack``),
+    updated by the last batch's summary (the runner's measure)."""
+    seconds = {}
+    try:
+        with open(os.path.join(output, WALLS_FILE)) as stream:
+            seconds.update({name: float(value) for name, value in json.load(stream).items()})
+    except (OSError, ValueError, TypeError, AttributeError):
+        pass
+    seconds.update(_summary_walls(output))
+    return seconds
+
+
+def _summary_walls(output: str) -> Dict[str, float]:
+    """Job name -> wall seconds of the jobs the last batch in `output` ran."""
     seconds = {}
     try:
         with open(os.path.join(output, "summary.csv")) as stream:
@@ -303,6 +322,8 @@ def cell_states(study: Study, scale: str, root: str, seeds=None, only: str = "")
             seconds = walls.get(run.job.name) or batch._number(results.get("train_seconds"))
             if seconds:
                 state.seconds.append(seconds)
+        elif status == "stale":
+            state.stale += 1
         elif status in ("running", "started"):
             state.running += 1
         else:
@@ -318,7 +339,7 @@ def estimate_seconds_left(study: Study, scale: str, root: str, seeds=None, only:
     walls = _wall_seconds(output)
     finished, left = [], 0
     for job in unique_jobs(runs):
-        if batch.finished(output, job):
+        if _run_state(output, job) == "done":
             seconds = walls.get(job.name) or batch._number(
                 batch.read_results(output, job).get("train_seconds"))
             if seconds:
@@ -347,7 +368,7 @@ def table_rows(study: Study, scale: str, states: Sequence[CellState]) -> List[Di
     for state in states:
         values, ref = state.values, state.reference
         row = {"cell": state.cell.name, "scale": scale_label(scale),
-               "seeds": f"{len(values)}/{state.done + state.running + state.missing}",
+               "seeds": f"{len(values)}/{state.total}",
                "mean": _fmt(sum(values) / len(values)) if values else "",
                "min": _fmt(min(values)) if values else "",
                "max": _fmt(max(values)) if values else "",
@@ -358,7 +379,8 @@ def table_rows(study: Study, scale: str, states: Sequence[CellState]) -> List[Di
     return rows
 
 
-def table_markdown(study: Study, scale: str, rows: Sequence[Dict[str, str]]) -> str:
+def table_markdown(study: Study, scale: str, rows: Sequence[Dict[str, str]],
+                   stale: int = 0) -> str:
     reduced = scale == "cpu"
     lines = [f"# {study.title}" + (f" ({REDUCED_LABEL} setting)" if reduced else ""), "",
              f"Study `{study.name}`, scale `{scale_label(scale)}`: {study.scales[scale].note}.",
@@ -369,6 +391,9 @@ def table_markdown(study: Study, scale: str, rows: Sequence[Dict[str, str]]) -> 
                   "scale are checked.", ""]
     lines += [f"Metric: percent, mean and min-max over the finished seeds. Regenerate with "
               f"`tf-supermask-study table {study.name} --scale={scale}`.", "",
+              ] + ([f"{stale} finished runs were made with other flags than the study's "
+                    "today (stale) and are not counted; `tf-supermask-study status` names "
+                    "them.", ""] if stale else []) + [
               "| cell | seeds | mean | min-max | published | tolerance | source |",
               "| --- | ---: | ---: | --- | ---: | ---: | --- |"]
     for row in rows:
@@ -426,13 +451,53 @@ def write_table(study: Study, scale: str, root: str, output_prefix: str = "", se
     rows = table_rows(study, scale, states)
     prefix = output_prefix or os.path.join(output_folder(root, study, scale), "table")
     os.makedirs(os.path.dirname(os.path.abspath(prefix)), exist_ok=True)
-    write_atomic(prefix + ".md", table_markdown(study, scale, rows))
+    write_atomic(prefix + ".md", table_markdown(study, scale, rows,
+                                                sum(state.stale for state in states)))
     write_atomic(prefix + ".csv", table_csv(rows))
     paths = [prefix + ".md", prefix + ".csv"]
     if plot:
         table_plot(study, scale, states, prefix + ".png")
         paths.append(prefix + ".png")
     return paths
+
+
+def write_index(all_studies: Mapping[str, Study], root: str, scales: Sequence[str] = SCALES,
+                plot: bool = True) -> List[str]:
+    """Writes every study's table at each of `scales` under `root` (ROOT/STUDY/SCALE/table.*)
+    and ROOT/README.md, one row per study and scale: cells with a finished run, runs
+    finished, their summed wall time, and a link to the table. Returns the paths."""
+    lines = ["# Study tables", "",
+             "Each table is made from the run records beside it (results.json, flags.txt, "
+             "metrics.csv, walls.json) by `tf-supermask-study table all "
+             f"--root={root}`; do not edit. `cpu` is a reduced setting; `full` is the "
+             "paper's schedule.", "",
+             "| study | scale | cells with a run | runs finished | wall time of the finished "
+             "runs | table |", "| --- | --- | ---: | ---: | ---: | --- |"]
+    paths = []
+    for study in all_studies.values():
+        for scale in scales:
+            if scale not in study.scales:
+                continue
+            states = cell_states(study, scale, root)
+            if not any(state.done or state.stale for state in states):
+                lines.append(f"| {study.name} | {scale_label(scale)} | 0/{len(states)} | 0 | - "
+                             "| not run yet |")
+                continue
+            paths += write_table(study, scale, root, plot=plot)
+            output = output_folder(root, study, scale)
+            walls = _wall_seconds(output)
+            jobs = unique_jobs(study_runs(study, scale))
+            done = [job for job in jobs if _run_state(output, job) == "done"]
+            seconds = sum(walls.get(job.name) or batch._number(
+                batch.read_results(output, job).get("train_seconds")) or 0 for job in done)
+            with_run = sum(bool(state.values) for state in states)
+            link = os.path.relpath(os.path.join(output, "table.md"), root)
+            lines.append(f"| {study.name} | {scale_label(scale)} | {with_run}/{len(states)} | "
+                         f"{len(done)}/{len(jobs)} | {batch.format_seconds(seconds)} | "
+                         f"[{link}]({link}) |")
+    path = os.path.join(root, "README.md")
+    write_atomic(path, "\n".join(lines) + "\n")
+    return paths + [path]
 
 
 @dataclasses.dataclass
@@ -497,13 +562,26 @@ class _EtaStream:
 
 def run_study(study: Study, scale: str, root: str, seeds=None, only: str = "",
               parallel: int = 1, time_limit: float = 0.0, extra_flags: Sequence[str] = (),
-              dry_run: bool = False, stream=None) -> batch.BatchReport:
-    """Runs the study's unfinished runs through the batch runner (see run_batch)."""
+              dry_run: bool = False, rerun_stale: bool = False,
+              stream=None) -> batch.BatchReport:
+    """Runs the study's unfinished runs through the batch runner (see run_batch).
+
+    A finished run made with other flags than the job has today (``stale_reason``) is
+    not counted; with `rerun_stale` its directory is set aside (renamed NAME.stale-N)
+    and the run made again, otherwise it is reported and left alone.
+    """
     import sys
 
     stream = stream or sys.stdout
     runs = study_runs(study, scale, seeds, only)
     output = output_folder(root, study, scale)
+    stale = stale_runs(study, scale, root, seeds, only)
+    for name, reason in stale.items():
+        stream.write(f"stale: {name} ({reason})" + (
+            "; set aside and run again\n" if rerun_stale and not dry_run else
+            "; not counted (--rerun_stale runs it again)\n"))
+    if stale and rerun_stale and not dry_run:
+        set_aside(output, list(stale))
     estimate = estimate_seconds_left(study, scale, root, seeds, only, parallel)
     label = scale_label(scale)
     stream.write(f"study {study.name} at scale {label}: {len(runs)} cell-seeds in "
@@ -511,9 +589,15 @@ def run_study(study: Study, scale: str, root: str, seeds=None, only: str = "",
                  + (f"; about {batch.format_seconds(estimate)} left at the mean time of the "
                     "finished runs" if estimate else "") + "\n")
     stream.flush()
-    return batch.run_batch(unique_jobs(runs), output, parallel=parallel,
-                           extra_flags=tuple(extra_flags), dry_run=dry_run,
-                           time_limit=time_limit, stream=_EtaStream(stream, parallel))
+    try:
+        return batch.run_batch(unique_jobs(runs), output, parallel=parallel,
+                               extra_flags=tuple(extra_flags), dry_run=dry_run,
+                               time_limit=time_limit, stream=_EtaStream(stream, parallel))
+    finally:  # the next batch's summary forgets the jobs it skips: keep their times
+        if not dry_run and os.path.isdir(output):
+            ran = _summary_walls(output)
+            _merge_walls(output, {job.name: ran[job.name] for job in unique_jobs(runs)
+                                  if job.name in ran and batch.finished(output, job)})
 
 
 # Declarations from JSON (a user's own studies, and the tests').
@@ -599,21 +683,260 @@ def config_class(binary: str):
             "finetune": config.FinetuneConfig}[binary]
 
 
-def validate_runs(runs: Sequence[StudyRun]) -> List[str]:
-    """Problems parsing each run's flags into its binary's configuration (nothing runs)."""
+def job_config(job: batch.Job):
+    """The configuration the job's binary builds from its flagfile and flags today.
+
+    Raises:
+      absl.flags.Error, ValueError, TypeError: flags the binary would refuse.
+    """
     from absl import flags as absl_flags
 
     from tf_supermask.config import define_flags, from_flags
 
+    values = absl_flags.FlagValues()
+    define_flags(config_class(job.binary), values)
+    values(["prog", f"--flagfile={job.flagfile_path}", *job.flags,
+            f"--run_dir=/nonexistent/{job.name}"])
+    return from_flags(config_class(job.binary), values)
+
+
+def validate_runs(runs: Sequence[StudyRun]) -> List[str]:
+    """Problems parsing each run's flags into its binary's configuration (nothing runs)."""
+    from absl import flags as absl_flags
+
     problems = []
     for job in unique_jobs(runs):
-        values = absl_flags.FlagValues()
-        define_flags(config_class(job.binary), values)
         try:
-            values(["prog", f"--flagfile={job.flagfile_path}", *job.flags,
-                    f"--run_dir=/nonexistent/{job.name}"])
-            from_flags(config_class(job.binary), values)
+            job_config(job)
         except (absl_flags.Error, ValueError, TypeError) as error:
             problems.append(f"{job.name}: {error}")
     return problems
+
+
+# Whether a finished run is still the study's run: its flags.txt against the flags the
+# job parses to today.
+
+# Fields that say where and how a run executed, not what it computes: a GPU window adds
+# --data_dir, a cluster another --strategy.
+EXECUTION_FIELDS = RUN_CONTROL_FIELDS + ("data_dir", "strategy", "jit_compile")
+_EXPECTED: Dict[Tuple, Dict[str, str]] = {}
+
+
+def _flag_text(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _same_flag(a, b) -> bool:
+    if a == b:
+        return True
+    try:
+        return float(a) == float(b)
+    except (TypeError, ValueError):
+        return str(a).lower() == str(b).lower()
+
+
+def expected_flags(job: batch.Job) -> Dict[str, str]:
+    """{flag: text} that decide what the job computes (execution fields left out), with
+    the defaults of fields a flags.txt may lack (written before the field existed)."""
+    key = (job.binary, job.flagfile_path, tuple(job.flags))
+    if key not in _EXPECTED:
+        from tf_supermask.config import to_flagfile
+        from tf_supermask.training.run_dir import parse_flagfile
+
+        config = job_config(job)
+        decisive = parse_flagfile(to_flagfile(config, exclude=EXECUTION_FIELDS))
+        defaults = {field.name: _flag_text(field.default)
+                    for field in dataclasses.fields(config)
+                    if field.default is not dataclasses.MISSING}
+        _EXPECTED[key] = (decisive, defaults)
+    return _EXPECTED[key]
+
+
+def stale_reason(output: str, job: batch.Job) -> str:
+    """"" when the finished run in `output` was made with the flags the job has today;
+    otherwise why not (the flags that differ). A field missing from an older flags.txt
+    counts as its default."""
+    from tf_supermask.training.run_dir import parse_flagfile
+
+    try:
+        with open(os.path.join(batch.run_dir(output, job), FLAGS_FILE)) as stream:
+            run_flags = parse_flagfile(stream.read())
+    except OSError:
+        return f"no {FLAGS_FILE}"
+    try:
+        decisive, defaults = expected_flags(job)
+    except Exception as error:  # the job no longer parses: its runs cannot be current
+        return f"the job's flags no longer parse ({type(error).__name__})"
+    differ = [name for name, value in decisive.items()
+              if not _same_flag(run_flags.get(name, defaults.get(name)), value)]
+    return ("flags differ: " + ", ".join(differ)) if differ else ""
+
+
+def stale_runs(study: Study, scale: str, root: str, seeds=None, only: str = "") -> Dict[str, str]:
+    """Job name -> why, for the study's finished runs that are stale."""
+    output = output_folder(root, study, scale)
+    stale = {}
+    for job in unique_jobs(study_runs(study, scale, seeds, only)):
+        if batch.finished(output, job):
+            reason = stale_reason(output, job)
+            if reason:
+                stale[job.name] = reason
+    return stale
+
+
+def set_aside(output: str, names: Sequence[str]) -> List[str]:
+    """Renames stale run directories to NAME.stale-N (kept, no longer counted), so the
+    next run makes them again; returns the new paths."""
+    moved = []
+    for name in names:
+        source = os.path.join(output, name)
+        number = 1
+        while os.path.exists(f"{source}.stale-{number}"):
+            number += 1
+        os.rename(source, f"{source}.stale-{number}")
+        moved.append(f"{source}.stale-{number}")
+    return moved
+
+
+# Records: what a finished run leaves that tables need, packed to travel (a GPU window's
+# files) or to be committed, and unpacked under a root.
+
+RECORD_FILES = (RESULTS_FILE, FLAGS_FILE, "metrics.csv")
+WALLS_FILE = "walls.json"
+NOT_PACKED = ("tensorboard", ".lock")  # left out of a cut run's directory
+
+
+@dataclasses.dataclass
+class PackReport:
+    records: List[str]
+    partial: List[str]
+    skipped: List[str]  # cut runs left out (over the size budget)
+    destination: str
+
+
+def _folder_bytes(path: str) -> int:
+    total = 0
+    for parent, folders, files in os.walk(path):
+        folders[:] = [name for name in folders if name not in NOT_PACKED]
+        total += sum(os.path.getsize(os.path.join(parent, name)) for name in files
+                     if name not in NOT_PACKED)
+    return total
+
+
+def pack(study: Study, scale: str, root: str, destination: str, seeds=None, only: str = "",
+         partial_destination: str = "", partial_mib: float = 0.0) -> PackReport:
+    """Packs the study's runs under `root` for another machine or for committing.
+
+    Finished runs give their records (results.json, flags.txt, metrics.csv) and their
+    wall seconds (walls.json) to `destination`, a .tar.gz file or a folder (records are
+    added to what it holds). With `partial_destination` (a .tar.gz), cut runs give their
+    whole directory (checkpoints; not TensorBoard events) up to `partial_mib` MiB in all,
+    so that they resume where ``unpack`` puts them. Paths inside are STUDY/SCALE/JOB/FILE.
+    """
+    output = output_folder(root, study, scale)
+    prefix = os.path.join(study.name, scale)
+    walls = _wall_seconds(output)
+    records: List[Tuple[str, str]] = []  # (source path, name inside)
+    partial: List[Tuple[str, str]] = []
+    report = PackReport([], [], [], destination)
+    budget = partial_mib * 1048576
+    for job in unique_jobs(study_runs(study, scale, seeds, only)):
+        directory = batch.run_dir(output, job)
+        state = _run_state(output, job)
+        if state in ("done", "stale"):
+            report.records.append(job.name)
+            records += [(os.path.join(directory, name), os.path.join(prefix, job.name, name))
+                        for name in RECORD_FILES
+                        if os.path.isfile(os.path.join(directory, name))]
+        elif state == "started" and partial_destination:
+            size = _folder_bytes(directory)
+            if size > budget:
+                report.skipped.append(job.name)
+                continue
+            budget -= size
+            report.partial.append(job.name)
+            for parent, folders, names in os.walk(directory):
+                folders[:] = [name for name in folders if name not in NOT_PACKED]
+                for name in names:
+                    if name not in NOT_PACKED:
+                        path = os.path.join(parent, name)
+                        partial.append((path, os.path.join(prefix, job.name,
+                                                           os.path.relpath(path, directory))))
+    walls = {name: walls[name] for name in report.records if name in walls}
+    if destination.endswith((".tar.gz", ".tgz")):
+        _write_archive(destination, records, {os.path.join(prefix, WALLS_FILE): walls})
+    else:
+        for path, name in records:
+            with open(path, "rb") as stream:
+                _write_bytes(os.path.join(destination, name), stream.read())
+        _merge_walls(os.path.join(destination, prefix), walls)
+    if partial_destination:
+        _write_archive(partial_destination, partial, {})
+    return report
+
+
+def _write_archive(destination: str, files: Sequence[Tuple[str, str]], documents: Dict):
+    import tarfile
+
+    with atomic_file(destination) as temp:
+        with tarfile.open(temp, "w:gz") as archive:
+            for path, name in files:
+                archive.add(path, arcname=name, recursive=False)
+            for name, document in documents.items():
+                data = json.dumps(document, indent=1, sort_keys=True).encode()
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                archive.addfile(info, io.BytesIO(data))
+
+
+def _write_bytes(path: str, data: bytes):
+    with atomic_file(path) as temp:
+        with open(temp, "wb") as stream:
+            stream.write(data)
+
+
+def _merge_walls(folder: str, walls: Dict[str, float]):
+    path = os.path.join(folder, WALLS_FILE)
+    try:
+        with open(path) as stream:
+            merged = json.load(stream)
+    except (OSError, ValueError):
+        merged = {}
+    merged.update(walls)
+    if merged:
+        write_atomic(path, json.dumps(merged, indent=1, sort_keys=True) + "\n")
+
+
+def unpack(source: str, root: str) -> List[str]:
+    """Extracts an archive made by ``pack`` under `root` (records next to runs there;
+    cut runs' directories, which resume); returns the run folders it wrote.
+
+    Raises:
+      StudyError: not such an archive, or a member that would land outside `root`.
+    """
+    import tarfile
+
+    try:
+        archive = tarfile.open(source, "r:gz")
+    except (OSError, tarfile.TarError) as error:
+        raise StudyError(f"cannot read {source} as a study archive: {error}") from None
+    written = []
+    with archive:
+        for member in archive.getmembers():
+            parts = member.name.split("/")
+            if (member.name.startswith("/") or ".." in parts or len(parts) < 3
+                    or not (member.isfile() or member.isdir())):
+                raise StudyError(f"{source}: member {member.name!r} is not a study record")
+            if parts[-1] == WALLS_FILE and len(parts) == 3:
+                walls = json.load(archive.extractfile(member))
+                _merge_walls(os.path.join(root, *parts[:2]), walls)
+                continue
+            if member.isfile():
+                _write_bytes(os.path.join(root, *parts), archive.extractfile(member).read())
+                folder = os.path.join(root, *parts[:3])
+                if folder not in written:
+                    written.append(folder)
+    return written
 

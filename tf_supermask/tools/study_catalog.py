@@ -13,7 +13,7 @@ Scales: ``cpu`` is a reduced setting that finishes on 2 CPU cores (shorter train
 fewer images, Fashion-MNIST where the paper used MNIST, narrower conv nets) and is
 labelled "reduced" wherever it is shown; ``full`` is the paper's own schedule from the
 flagfiles under flags/. Scale flags go before a cell's own flags, so at the full scale
-(no scale flags) the run names are those of the job lists under jobs/ (the ledger's).
+(no scale flags) the run names are those tf-supermask-batch gives the same jobs.
 """
 
 from tf_supermask.tools.studies import Cell, Reference, Scale, Study
@@ -98,7 +98,7 @@ def _edgepopup():
     best = {"conv2": 77.5, "conv4": 86.0, "conv6": 88.0, "conv8": 88.5}
     cells = []
     for model in ("conv2", "conv4", "conv6", "conv8"):
-        # No edge-popup conv8 flagfile: conv8 reuses conv6's (as jobs/reproduce_cifar10.txt).
+        # No edge-popup conv8 flagfile: conv8 reuses conv6's with --model=conv8.
         flagfile, model_flag = ((f"flags/edgepopup_{model}.cfg", ()) if model != "conv8"
                                 else ("flags/edgepopup_conv6.cfg", ("--model=conv8",)))
         for k in ("0.3", "0.5", "0.7"):
@@ -132,7 +132,7 @@ def _liu_compare():
                 cells.append(Cell(axes=axes, flagfile="flags/finetune_compare_fc_fashion_mnist.cfg",
                                   flags=(f"--lr={lr}",), scales=(CPU,),
                                   metric=f"arms[arm={arm},sparsity={sparsity}].test_accuracy"))
-                # Full: one run per sparsity (ResNet-20, CIFAR-10), as the ledger's table c.
+                # Full: one run per sparsity (ResNet-20, CIFAR-10).
                 axes = (("model", "resnet20"),) + axes[1:]
                 cells.append(Cell(
                     axes=axes, flagfile="flags/finetune_compare_resnet20_cifar10.cfg",

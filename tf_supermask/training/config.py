@@ -116,7 +116,7 @@ class PatchesConfig(ConfigGroup):
     patches_layers: int = option(2, "--init=patches: patch only the first L masked conv layers "
                                  "(0: all); the others get --patches_rest_init. 2 (the first "
                                  "block of conv2..conv8) did best in the CPU pilot "
-                                 "(runs/results/patches_cpu_pilot.md).")
+                                 "(runs/results/superseded/patches_cpu_pilot.md).")
     patches_rest_init: str = option("signed_kaiming_constant", "--init=patches: initializer of "
                                     "what patches do not reach (conv layers beyond "
                                     "--patches_layers, dense layers, the random filters of "
@@ -265,9 +265,11 @@ class RunConfig(ConfigGroup):
     run_dir: str = option("", "Run directory (empty: runs/<model>_<mask>_<dataset>_<hash>).")
     overwrite: bool = option(False, "Replace a finished run or one made with other flags.")
     export: bool = option(False, "Write a SavedModel to <run_dir>/saved_model.")
-    verbose: int = option(1, "Output: 0 silent, 1 progress bar on a terminal (one line per "
-                          "epoch when output goes to a file or pipe), 2 one line per epoch, 3 as "
-                          "1 plus TensorFlow's and absl's own log messages (debugging).")
+    verbose: int = option(1, "Output: 0 a few lines (what started, each level, round, arm "
+                          "or stage as it ends, the result), 1 those plus a progress bar on a "
+                          "terminal (one short line per epoch when output goes to a file or "
+                          "pipe), 2 those plus one short line per epoch, 3 as 1 plus "
+                          "TensorFlow's and absl's own log messages (debugging).")
 
 
 # Listed last to first: a dataclass puts the fields of the last base first, so the fields

@@ -146,19 +146,6 @@ def is_chief(strategy):
             and "chief" not in resolver.cluster_spec().jobs)
 
 
-def single_worker_only(strategy, binary):
-    """Refuses --strategy=multi_worker for `binary`: its experiments chain several runs
-    and write files of their own between them, which only tf-supermask-train's run
-    directory handling (``task_run_dir``) keeps apart across workers.
-
-    Raises:
-      ValueError: `strategy` is "multi_worker".
-    """
-    if strategy == "multi_worker":
-        raise ValueError(f"--strategy=multi_worker is supported by tf-supermask-train only; "
-                         f"{binary} runs on one host (mirrored or one_device)")
-
-
 def task_run_dir(strategy, run_dir):
     """Where this process writes the run: `run_dir` on the chief, else a temporary folder.
 
