@@ -3,6 +3,7 @@ study's job list is built and parsed without running it, and a tiny study runs e
 through the installed tf-supermask-study (run, stop mid-run, resume, status, table, check)."""
 
 import csv
+import dataclasses
 import json
 import os
 import signal
@@ -342,3 +343,28 @@ def test_a_gpu_window_runs_full_scale_studies_in_time_and_packs_what_finished(tm
     study = studies.load_study_file(str(spec))["tiny"]
     assert [len(state.values) for state in studies.cell_states(study, "full", str(here))] \
         == [1, 1]
+
+
+def test_a_best_over_row_takes_the_best_mean_and_is_checked_against_the_group_number():
+    ref = studies.Reference(80.0, "a figure", None)
+    cells = [studies.Cell(axes=(("model", model), ("k", k)), flagfile="x.cfg",
+                          published={"full": ref} if model == "conv2" else {})
+             for model in ("conv2", "conv4") for k in ("0.3", "0.5")]
+    study = studies.Study("s", "S", "train", tuple(cells), {"full": studies.Scale()},
+                          best_over="k", best_tolerance=2.0)
+    values = {0: [70.0, 72.0], 1: [79.0, 78.0], 2: [60.0], 3: []}
+    states = [studies.CellState(cell, values[index], len(values[index]), 0,
+                                2 - len(values[index]), [], cell.published.get("full"))
+              for index, cell in enumerate(cells)]
+    rows = studies.with_best_rows(study, "full", states)
+    best = {row.cell.name: row for row in rows[4:]}
+    assert list(best) == ["model=conv2 k=best", "model=conv4 k=best"]
+    assert best["model=conv2 k=best"].values == [79.0, 78.0]  # k=0.5: mean 78.5 > 71
+    assert best["model=conv2 k=best"].reference == studies.Reference(80.0, "a figure", 2.0)
+    assert best["model=conv4 k=best"].values == [60.0]
+    assert best["model=conv4 k=best"].reference is None  # no number quoted for the group
+    # Per k the number is shown, not checked; the best row is checked: 78.5 within 2 of 80.
+    table = studies.table_rows(study, "full", rows)
+    assert [row["tolerance"] for row in table] == ["", "", "", "", "2.0", ""]
+    assert studies.with_best_rows(dataclasses.replace(study, best_over=""), "full",
+                                  states) == states

@@ -96,6 +96,12 @@ class Study:
     scales: Mapping[str, Scale]
     description: str = ""
     seeds: Tuple[int, ...] = (0, 1, 2)
+    # A paper that reports the best over one axis (edge-popup: the best k): tables and
+    # checks add, per group of cells that differ only there, a row "AXIS=best" with the
+    # group's best mean, checked against the group's published number within
+    # `best_tolerance` (None: shown, not checked).
+    best_over: str = ""
+    best_tolerance: Optional[float] = None
 
     def cells_at(self, scale: str) -> List[Cell]:
         check_scale(self, scale)
@@ -331,6 +337,40 @@ def cell_states(study: Study, scale: str, root: str, seeds=None, only: str = "")
     return list(states.values())
 
 
+BEST = "best"
+
+
+def with_best_rows(study: Study, scale: str, states: Sequence[CellState]) -> List[CellState]:
+    """`states` plus, if the study has `best_over`, a row per group of cells that differ
+    only in that axis: the finished cell with the best mean (its values), named
+    AXIS=best, with the group's published number and the study's best_tolerance."""
+    if not study.best_over:
+        return list(states)
+    groups: Dict[Tuple, List[CellState]] = {}
+    for state in states:
+        key = tuple(pair for pair in state.cell.axes if pair[0] != study.best_over)
+        if len(key) < len(state.cell.axes):
+            groups.setdefault(key, []).append(state)
+    rows = list(states)
+    for key, members in groups.items():
+        finished = [state for state in members if state.values]
+        best = max(finished, key=lambda state: sum(state.values) / len(state.values),
+                   default=None)
+        # The group's number only if every member quotes it (a number about one k is
+        # not a best-k number).
+        quoted = {state.reference for state in members}
+        published = quoted.pop() if len(quoted) == 1 else None
+        reference = (dataclasses.replace(published, tolerance=study.best_tolerance)
+                     if published else None)
+        axes = tuple((axis, BEST if axis == study.best_over else value)
+                     for axis, value in members[0].cell.axes)
+        cell = dataclasses.replace(members[0].cell, axes=axes, flags=(), published={})
+        rows.append(CellState(cell, list(best.values) if best else [],
+                              best.done if best else 0, 0, 0 if best else 1,
+                              [], reference))
+    return rows
+
+
 def estimate_seconds_left(study: Study, scale: str, root: str, seeds=None, only: str = "",
                           parallel: int = 1) -> Optional[float]:
     """Unfinished runs x the mean time of the finished ones / parallel; None if none finished."""
@@ -447,7 +487,7 @@ def table_plot(study: Study, scale: str, states: Sequence[CellState], path: str)
 def write_table(study: Study, scale: str, root: str, output_prefix: str = "", seeds=None,
                 only: str = "", plot: bool = True) -> List[str]:
     """Writes PREFIX.md, PREFIX.csv and PREFIX.png; returns their paths."""
-    states = cell_states(study, scale, root, seeds, only)
+    states = with_best_rows(study, scale, cell_states(study, scale, root, seeds, only))
     rows = table_rows(study, scale, states)
     prefix = output_prefix or os.path.join(output_folder(root, study, scale), "table")
     os.makedirs(os.path.dirname(os.path.abspath(prefix)), exist_ok=True)
@@ -510,7 +550,7 @@ class CheckLine:
 def check(study: Study, scale: str, root: str, seeds=None, only: str = "") -> List[CheckLine]:
     """Per finished cell: within its tolerance of the published number, or not."""
     lines = []
-    for state in cell_states(study, scale, root, seeds, only):
+    for state in with_best_rows(study, scale, cell_states(study, scale, root, seeds, only)):
         if not state.values:
             continue
         mean = sum(state.values) / len(state.values)
@@ -622,7 +662,10 @@ def study_from_dict(data: Dict) -> Study:
         study = Study(name=str(data["name"]), title=str(data.get("title", data["name"])),
                       binary=str(data.get("binary", "train")), cells=tuple(cells),
                       scales=scales, description=str(data.get("description", "")),
-                      seeds=tuple(int(seed) for seed in data.get("seeds", (0, 1, 2))))
+                      seeds=tuple(int(seed) for seed in data.get("seeds", (0, 1, 2))),
+                      best_over=str(data.get("best_over", "")),
+                      best_tolerance=(None if data.get("best_tolerance") is None
+                                      else float(data["best_tolerance"])))
     except (KeyError, TypeError, ValueError, AttributeError) as error:
         raise StudyError(f"bad study declaration: {type(error).__name__}: {error}") from None
     validate_declaration(study)
