@@ -2,7 +2,7 @@
 
     tf-supermask-report runs/lottery_* --output=runs/reports/lottery_fc
     tf-supermask-report --masks runs/my_run        # per-layer sparsity PNG of one run
-    tf-supermask-report runs/results/lottery_fc_fashion_mnist.csv --plots_only \
+    tf-supermask-report runs/results/superseded/lottery_fc_fashion_mnist.csv --plots_only \
         --output=/tmp/lottery_fc                     # redraw the plots of an earlier report
 
 Writes <output>.csv (every point), <output>.md (mean and min/max over seeds per
@@ -14,6 +14,12 @@ the untrained network. Variants are the flags that differ between the runs
 sparsity for pruning at initialization. Comparisons (tf-supermask-finetune
 --compare) give one line per arm, and their initial-vs-trained weight
 correlations are tabulated in <output>.md.
+
+The kind of experiment (train, lottery, finetune, comparison, prune_init) is part
+of the variant when the runs mix kinds. The legend sits below the axes; when the
+differing flags make a label too long, each variant is labelled by a key (V1,
+V2, ...) and its first flags, and <output>.md lists every key's full flags. The
+plots are titled by the runs' models and datasets unless --title.
 """
 
 import os
@@ -24,7 +30,7 @@ from tf_supermask.bin.common import run_main
 
 flags.DEFINE_string("output", "report", "Prefix of the files written (.csv, .md, .png), e.g. "
                     "runs/reports/NAME (runs/results/ holds the committed results).")
-flags.DEFINE_string("title", "", "Title of the plots.")
+flags.DEFINE_string("title", "", "Title of the plots (empty: the runs' models and datasets).")
 flags.DEFINE_bool("plots_only", False, "Write only the PNGs (keeps an existing .csv and .md).")
 flags.DEFINE_bool("masks", False, "Instead: draw each run's per-layer sparsity to "
                   "<run_dir>/mask_sparsity.png.")

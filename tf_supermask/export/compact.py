@@ -15,7 +15,8 @@ A supermask over random weights is described by how the weights were drawn
 - ``var_<j>`` / ``kernel_<i>``: only the variables that differ from a fresh
   build, e.g. BatchNorm statistics and trained biases. Kernels are stored
   only when they differ from their regenerated values (trained weights, a
-  lottery ticket): then the file is not compact and a warning says so.
+  lottery ticket): then the file is not compact and a ``StoredKernelsWarning``
+  says so.
 
 ``load_compact`` rebuilds the model with the same name and options, checks
 the checksum, sets the stored variables, and gives every masked layer its
@@ -64,6 +65,21 @@ COMPACT_FILE = "supermask.npz"
 class CompactFormatError(ValueError):
     """A compact file that cannot be loaded: corrupt, truncated, or not reproducible here."""
 
+
+class StoredKernelsWarning(UserWarning):
+    """``save_compact`` stored kernels as float32 because they differ from the ones the
+    model's seed regenerates (trained weights, another initializer or backend): the file
+    is then not compact.
+
+    Attributes:
+      stored: the kernel variable paths stored.
+      total: the number of masked layers' kernels.
+    """
+
+    def __init__(self, message, stored=(), total=0):
+        super().__init__(message)
+        self.stored = list(stored)
+        self.total = int(total)
 
 
 def load_options(options):
@@ -202,8 +218,9 @@ def save_compact(model, path, options, model_name=None, input_shape=None, num_cl
                    f"{what} regenerates (trained weights, or other options): {differing[:3]}")
         if not allow_kernels:
             raise ValueError(message + "; the compact format cannot describe them")
-        warnings.warn(message + "; they are stored as float32, so the file is not compact",
-                      stacklevel=2)
+        warnings.warn(StoredKernelsWarning(
+            message + "; they are stored as float32, so the file is not compact",
+            stored=differing, total=len(layers)), stacklevel=2)
     if any(layer.is_masked and layer.eval_sample for layer in layers):
         warnings.warn("the model samples its Bernoulli masks at evaluation (eval_sample); the "
                       "compact file keeps the thresholded masks (scores > 0), so the loaded "

@@ -1,7 +1,14 @@
-"""Exporting a finished run directory: its folded SavedModel and its compact file."""
+"""Exporting a finished run directory: its folded SavedModel and its compact file.
+
+An experiment directory (tf-supermask-lottery, -finetune) holds one run directory per
+stage; ``export_stage`` picks the one to export: a lottery's last finished level (or
+``level``), a fine-tuning experiment's final run; for a comparison, whose arms are
+all final, it names the sub-folders that can be exported.
+"""
 
 import json
 import os
+import re
 import shutil
 import warnings
 
@@ -12,9 +19,14 @@ from keras import ops
 from tf_supermask.choices import model_kind
 from tf_supermask.export import (COMPACT_FILE, SAVED_MODEL_DIR, export_saved_model, load_compact,
                                  save_compact)
+from tf_supermask.export.compact import StoredKernelsWarning
 from tf_supermask.training.run_config import run_model_options
-from tf_supermask.training.run_dir import RESULTS_FILE, parse_flagfile, require_run
+from tf_supermask.training.run_dir import FLAGS_FILE, RESULTS_FILE, parse_flagfile, require_run
 from tf_supermask.training.trainer import FINAL_MODEL
+
+_LEVEL = re.compile(r"level_(\d+)$")
+# How many exportable sub-folders an error names before "and N more".
+_LISTED = 8
 
 
 def run_results(run_dir):
@@ -48,16 +60,145 @@ def run_normalization(run_dir, results, flags_text):
                          "record them") from None
 
 
-def _backend_note(warning, run_backend):
-    """The compact format's "kernels differ" warning, naming the backend when it is the cause."""
-    message = str(warning.message)
+def _finished(path):
+    """Whether `path` is a finished run directory (its final model and results exist)."""
+    return all(os.path.exists(os.path.join(path, name))
+               for name in (FLAGS_FILE, RESULTS_FILE, FINAL_MODEL))
+
+
+def lottery_levels(run_dir):
+    """{level: path} of a lottery experiment's level_N folders (finished or not); {} when
+    `run_dir` is no lottery experiment."""
+    if not os.path.isdir(run_dir):
+        return {}
+    levels = {}
+    for name in os.listdir(run_dir):
+        match = _LEVEL.match(name)
+        if match and os.path.isdir(os.path.join(run_dir, name)):
+            levels[int(match.group(1))] = os.path.join(run_dir, name)
+    return dict(sorted(levels.items()))
+
+
+def exportable_runs(run_dir, depth=2):
+    """The finished run directories inside `run_dir` (up to `depth` folders down), as
+    paths relative to it, sorted."""
+    found = []
+    for root, folders, _ in os.walk(run_dir):
+        relative = os.path.relpath(root, run_dir)
+        level = 0 if relative == "." else relative.count(os.sep) + 1
+        folders[:] = sorted(name for name in folders
+                            if not name.startswith(".") and name not in ("checkpoints",
+                                                                         "tensorboard",
+                                                                         SAVED_MODEL_DIR))
+        if level >= depth:
+            folders[:] = []
+        if level and _finished(root):
+            found.append(relative)
+            folders[:] = []  # a run's own folders hold no other run
+    return sorted(found)
+
+
+def _listing(names):
+    shown = ", ".join(names[:_LISTED])
+    return shown + (f" and {len(names) - _LISTED} more" if len(names) > _LISTED else "")
+
+
+def export_stage(run_dir, level=None):
+    """The run directory to export for `run_dir`, and a note saying which was chosen.
+
+    - a run directory (tf-supermask-train, -prune-init, a stage of an experiment):
+      itself (note None);
+    - a lottery experiment (level_N folders): level `level`, by default the last
+      finished one;
+    - a fine-tuning experiment: its final run (``finetune/``, or the last
+      ``round_N/`` of --prune_method=iterative).
+
+    Raises:
+      ValueError: `level` is not a finished level of a lottery experiment (the message
+        lists those that are), or `level` is given for something else; an experiment
+        with no single final run (a comparison's arms, an unfinished fine-tuning
+        experiment): the message names the sub-folders that can be exported.
+      FileNotFoundError: the folder does not exist, is not a run directory, or no
+        run in it has finished.
+    """
+    if not os.path.isdir(run_dir):
+        require_run(run_dir)  # "does not exist" / "is not a directory"
+    levels = lottery_levels(run_dir)
+    if levels:
+        finished = [number for number, path in levels.items() if _finished(path)]
+        if not finished:
+            raise FileNotFoundError(f"{run_dir}: no level of this lottery experiment has "
+                                    f"finished yet (no level_N/{FINAL_MODEL})")
+        available = ", ".join(str(number) for number in finished)
+        if level is None:
+            level = finished[-1]
+            done = os.path.exists(os.path.join(run_dir, RESULTS_FILE))
+            note = (f"exporting level {level} of the lottery experiment {run_dir}, its last "
+                    f"finished level{'' if done else ' (the experiment has not finished)'}; "
+                    f"--level=N exports another (finished: {available})")
+        elif level not in finished:
+            what = ("has not finished" if level in levels else "does not exist")
+            raise ValueError(f"level {level} of the lottery experiment {run_dir} {what}; "
+                             f"available levels: {available} (--level=N)")
+        else:
+            note = f"exporting level {level} of the lottery experiment {run_dir}"
+        return levels[level], note
+    if level is not None:
+        raise ValueError(f"--level picks a level of a lottery experiment (tf-supermask-lottery);"
+                         f" {run_dir} is not one (no level_N folders)")
+    if os.path.exists(os.path.join(run_dir, FINAL_MODEL)):
+        return run_dir, None
+    summary = run_results(run_dir)
+    rounds = summary.get("rounds") if summary.get("experiment") == "finetune" else None
+    if rounds:
+        stage = os.path.join(run_dir, rounds[-1]["run_dir"])
+        if _finished(stage):
+            others = [name for name in exportable_runs(run_dir)
+                      if os.path.normpath(os.path.join(run_dir, name)) != os.path.normpath(stage)]
+            return stage, (f"exporting {stage}, the fine-tuning experiment's final run"
+                           + (f" (its other runs: {_listing(others)}; export one with "
+                              f"tf-supermask-export {os.path.join(run_dir, others[0])})"
+                              if others else ""))
+    runs = exportable_runs(run_dir)
+    if runs and os.path.exists(os.path.join(run_dir, FLAGS_FILE)):
+        with open(os.path.join(run_dir, FLAGS_FILE)) as stream:
+            flags = parse_flagfile(stream.read())
+        experiment = summary.get("experiment") or (
+            "comparison" if flags.get("compare") else
+            "finetune" if "prune_method" in flags else None)
+        kind = {"comparison": "a comparison (tf-supermask-finetune --compare), one run per arm",
+                "finetune": "a fine-tuning experiment that has not finished"}.get(
+                    experiment, "an experiment of several runs")
+        raise ValueError(f"{run_dir} is {kind}, with no single final model: export one of its "
+                         f"runs, e.g. tf-supermask-export {os.path.join(run_dir, runs[-1])} "
+                         f"(finished runs in it: {_listing(runs)})")
+    require_run(run_dir, FINAL_MODEL)  # "not a run directory", "not finished"
+    return run_dir, None
+
+
+def _size(path):
+    size = os.path.getsize(path)
+    return f"{size / 1024:.0f} KB" if size < 1024 ** 2 else f"{size / 1024 ** 2:.1f} MB"
+
+
+def stored_kernels_note(warning, path, run_backend=None):
+    """The plain sentence for save_compact's "kernels differ" warning: the run's weights
+    cannot be regenerated from its seed, so the compact file at `path` stores them."""
+    message = warning.message
+    if isinstance(message, StoredKernelsWarning) and message.total:
+        why = (f"{len(message.stored)} of {message.total} kernels differ from the ones its "
+               f"seed draws: trained weights, or an initialization the seed alone does not "
+               f"reproduce")
+    else:
+        why = str(message).split(";")[0]
+    note = (f"this run's weights cannot be regenerated from a seed ({why}), so the compact "
+            f"file stores them: {_size(path)}; --format=saved_model writes the SavedModel alone")
     current = keras.backend.backend()
-    if "kernels differ" in message and run_backend and run_backend != current:
-        message += (f". The run was trained on {run_backend} and this export runs on "
-                    f"{current}: their random generators draw other weights, so the frozen "
-                    f"kernels cannot be regenerated here; export under "
-                    f"KERAS_BACKEND={run_backend} for a compact file")
-    return message
+    if run_backend and run_backend != current:
+        note += (f". The run was trained on {run_backend} and this export runs on "
+                 f"{current}: their random generators draw other weights; export under "
+                 f"KERAS_BACKEND={run_backend} for a compact file")
+    return note
 
 
 def _verify_saved_model(path, model, probe_images, normalization):
@@ -83,11 +224,13 @@ def _verify_saved_model(path, model, probe_images, normalization):
 
 
 def export_run(run_dir, formats=None, output=None, overwrite=False,
-               verify=True, allow_kernels=True):
+               verify=True, allow_kernels=True, level=None):
     """Exports a finished run's final model (``checkpoints/final.keras``).
 
     Args:
-      run_dir: the run directory.
+      run_dir: the run directory, or an experiment directory: a lottery's last
+        finished level (or `level`) and a fine-tuning experiment's final run are
+        exported (see ``export_stage``).
       formats: any of "saved_model" (folded SavedModel serving raw images, with the
         run's normalisation inside) and "compact" (registered models only: it rebuilds
         the weights from the model's name and seed). Default None: both for a
@@ -100,14 +243,21 @@ def export_run(run_dir, formats=None, output=None, overwrite=False,
         replaced is not restored) and a RuntimeError raised, so the same command
         can run again.
       allow_kernels: see ``save_compact``.
+      level: the level of a lottery experiment to export (default: its last finished).
 
     Returns:
       {format: path written}.
+
+    Warns:
+      StoredKernelsWarning: the run's kernels cannot be regenerated from its seed
+        (trained weights), so the compact file stores them (its size said).
     """
     if formats is not None:
         unknown = sorted(set(formats) - {"saved_model", "compact"})
         if unknown or not formats:
             raise ValueError(f"formats must be among saved_model, compact; got {list(formats)}")
+    experiment = run_dir
+    run_dir, _ = export_stage(run_dir, level)
     model_path = os.path.join(run_dir, FINAL_MODEL)
     require_run(run_dir, FINAL_MODEL)  # "does not exist", "not a run directory", "not finished"
     registered = model_kind(run_model_options(run_dir)[0]) == "registered"
@@ -141,15 +291,25 @@ def export_run(run_dir, formats=None, output=None, overwrite=False,
                                                           "weights_remaining", "backend",
                                                           "epochs", "normalization")
                        if key in full_results}
-            metadata = {"run_dir": os.path.basename(os.path.abspath(run_dir)),
+            name = os.path.basename(os.path.abspath(experiment))
+            if os.path.normpath(run_dir) != os.path.normpath(experiment):  # a stage of it
+                name = os.path.join(name, os.path.relpath(run_dir, experiment))
+            metadata = {"run_dir": name,
                         "flags": flags_text, "results": results}
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
                 save_compact(model, targets["compact"], options, model_name=model_name,
                              metadata=metadata, allow_kernels=allow_kernels)
             for warning in caught:
-                warnings.warn(_backend_note(warning, full_results.get("backend")),
-                              warning.category, stacklevel=2)
+                if issubclass(warning.category, StoredKernelsWarning) or (
+                        "kernels differ" in str(warning.message)):
+                    message = stored_kernels_note(warning, targets["compact"],
+                                                  full_results.get("backend"))
+                    warnings.warn(StoredKernelsWarning(
+                        message, getattr(warning.message, "stored", ()),
+                        getattr(warning.message, "total", 0)), stacklevel=2)
+                else:
+                    warnings.warn(str(warning.message), warning.category, stacklevel=2)
             written["compact"] = targets["compact"]
             if verify:
                 probe = rng.normal(size=shape).astype("float32")

@@ -19,6 +19,7 @@ are drawn again from it, e.g. after a change of style).
 import csv
 import io
 import os
+import re
 import textwrap
 
 import numpy as np
@@ -41,9 +42,13 @@ def _points_of(run_dir):
     with open(flags_path) as stream:
         flags = parse_flagfile(stream.read())
     results = read_json(results_path)
-    # Runs written before JAX support recorded no backend: they ran on TensorFlow.
-    flags = dict(flags, backend=results.get("backend", "tensorflow"))
-    base = {"run_dir": run_dir, "seed": flags.get("seed", "0")}
+    # Runs written before JAX support recorded no backend: they ran on TensorFlow. The
+    # kind of experiment tells apart runs whose own flags are not shared (a lottery's
+    # levels, a fine-tuning's sparsity).
+    flags = dict(flags, backend=results.get("backend", "tensorflow"),
+                 experiment=experiment_kind(flags, results))
+    base = {"run_dir": run_dir, "seed": flags.get("seed", "0"),
+            **{name: flags[name] for name in ("model", "dataset") if name in flags}}
     if "arms" in results:
         return [(flags, {**base, "level": entry["sparsity"], "arm": entry["arm"],
                          "run_dir": os.path.join(run_dir, entry["run_dir"]),
@@ -58,6 +63,20 @@ def _points_of(run_dir):
     point = {**base, "level": plain_level(flags), "weights_remaining": results["weights_remaining"],
              **{metric: results[metric] for metric in METRICS if metric in results}}
     return [(flags, point)]
+
+
+def experiment_kind(flags, results):
+    """What made a run directory: "lottery", "comparison", "finetune", "prune_init" or
+    "train" (from its results.json, and --method for pruning at initialization)."""
+    if "arms" in results:
+        return "comparison"
+    if "levels" in results:
+        return "lottery"
+    if results.get("experiment"):
+        return str(results["experiment"])
+    if "method" in flags:
+        return "prune_init"
+    return "train"
 
 
 def plain_level(flags):
@@ -170,6 +189,13 @@ def to_markdown(points, metrics=METRICS):
                              f"| {row['seeds']} | {100 * row['mean']:.2f} | {100 * row['min']:.2f} "
                              f"| {100 * row['max']:.2f} |")
         parts.append("")
+    key = legend_key(list(dict.fromkeys(point["variant"] for point in points)))
+    if key:
+        parts.append("### legend key (the plots label each variant by its key)\n")
+        parts.append("| key | variant |")
+        parts.append("| --- | --- |")
+        parts.extend(f"| {name} | {variant} |" for name, variant in key.items())
+        parts.append("")
     return "\n".join(parts) + "\n"
 
 
@@ -200,13 +226,23 @@ def correlation_markdown(run_dirs):
 ABBREVIATIONS = (("weights", "w."), ("_same_sign", " same sign"), ("shuffle_mask=true", "random mask"),
                  ("shuffle_mask=false", ""), ("reinit=reinit", "random reinit"),
                  ("reinit=rewind", "rewind"), ("criterion=", ""), ("backend=", ""),
-                 ("(masks of another run)", "(other masks)"))
+                 ("experiment=", ""), ("(masks of another run)", "(other masks)"))
 MARKERS = ("o", "s", "^", "v", "D", "P", "X", "*")
 LINESTYLES = ("-", "--", "-.", ":")
 BAND_NOTE = "line: mean over seeds; band: min to max over seeds"
+# A legend label: lines of at most LABEL_WIDTH characters, at most LABEL_LINES lines.
+LABEL_WIDTH = 28
+LABEL_LINES = 3
+# The flags a keyed label shows first: those that most often tell runs apart.
+LABEL_PRIORITY = ("experiment", "arm", "mask", "criterion", "method", "prune_method", "k",
+                  "sparsity", "reinit", "shuffle_mask", "model", "dataset", "init", "backend")
+FIGURE_WIDTH = 9.0  # inches
+AXES_HEIGHT = 4.8  # inches of the figure above the legend
+DPI = 120
+FONT_SIZE = 8
 
 
-def short_label(variant, width=28):
+def short_label(variant, width=LABEL_WIDTH):
     """A legend label: the variant's differing flags, abbreviated and wrapped."""
     label = variant
     for long, short in ABBREVIATIONS:
@@ -216,51 +252,149 @@ def short_label(variant, width=28):
     return "\n".join(textwrap.wrap(label.replace("_", " "), width)) or variant
 
 
-def plot(points, path, metric="test_accuracy", title=None):
-    """PNG of `metric` against percent of weights remaining (log scale, decreasing to the
-    right): one line per variant (mean over seeds; each its own marker and line style, so
-    none hides another), its min-max band over seeds, the legend beside the axes."""
-    import matplotlib
+def _flag_parts(variant):
+    """The "name=value" parts of a variant, the flags of LABEL_PRIORITY first."""
+    parts = [part.strip() for part in re.split(r", (?=[A-Za-z_][\w.]*=)", variant)]
+    rank = {name: index for index, name in enumerate(LABEL_PRIORITY)}
+    return sorted(parts, key=lambda part: rank.get(part.split("=", 1)[0], len(rank)))
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+
+def _keyed(variants):
+    """Whether the legend labels variants by keys (V1, V2, ...): some full label would
+    be longer than LABEL_LINES lines, or two would read the same."""
+    labels = [short_label(variant) for variant in variants]
+    return (any(label.count("\n") >= LABEL_LINES for label in labels)
+            or len(set(labels)) < len(labels))
+
+
+def legend_key(variants):
+    """{key: variant} when the legend labels `variants` by keys (the report's .md lists
+    them), else {}."""
+    if not _keyed(variants):
+        return {}
+    return {f"V{index + 1}": variant for index, variant in enumerate(variants)}
+
+
+def legend_labels(variants):
+    """{variant: legend label}: its differing flags, abbreviated and wrapped
+    (``short_label``); when some would be too long, or two the same, each is its key
+    (``legend_key``) and the first flags of LABEL_PRIORITY, cut to two lines."""
+    key = legend_key(variants)
+    if not key:
+        return {variant: short_label(variant) for variant in variants}
+    labels = {}
+    for name, variant in key.items():
+        lines = short_label(f"{name}: " + ", ".join(_flag_parts(variant))).split("\n")
+        if len(lines) > 2:
+            lines = lines[:2]
+            lines[1] = lines[1][:LABEL_WIDTH - 1].rstrip(" ,") + "\u2026"
+        labels[variant] = "\n".join(lines)
+    return labels
+
+
+def default_title(points):
+    """The models and datasets of `points` ("fc on fashion_mnist"), "" when unknown (a
+    report redrawn from a .csv)."""
+    models = list(dict.fromkeys(p["model"] for p in points if p.get("model")))
+    datasets = list(dict.fromkeys(p["dataset"] for p in points if p.get("dataset")))
+    if not models:
+        return ""
+    return ", ".join(models) + (f" on {', '.join(datasets)}" if datasets else "")
+
+
+def _tick_text(tick):
+    return f"{tick:g}"
+
+
+def thinned_ticks(ticks, limits, axes_width, font_size=FONT_SIZE):
+    """The ticks of `ticks` (percent of weights remaining, any order) whose labels do not
+    overlap on a log axis spanning `limits` over `axes_width` inches: from the largest
+    down, a tick is kept when its label clears the last one kept."""
+    span = abs(np.log10(limits[1]) - np.log10(limits[0])) or 1.0
+    char = 0.6 * font_size / 72  # inches per digit, generously
+    kept = []
+    for tick in sorted(set(ticks), reverse=True):
+        if kept:
+            distance = abs(np.log10(kept[-1]) - np.log10(tick)) / span * axes_width
+            needed = (len(_tick_text(kept[-1])) + len(_tick_text(tick))) / 2 * char + 0.1
+            if distance < needed:
+                continue
+        kept.append(tick)
+    return kept
+
+
+def report_figure(points, metric="test_accuracy", title=None):
+    """The matplotlib Figure of `metric` against percent of weights remaining (log scale,
+    decreasing to the right): one line per variant (mean over seeds; each its own marker
+    and line style, so none hides another), its min-max band over seeds, a title (`title`,
+    default: the models and datasets), the legend below the axes in as many columns as
+    fit, the figure as tall as the legend needs.
+
+    Raises:
+      ValueError: no point reports `metric`.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     table = aggregate(points, metric)
     if not table:
         raise ValueError(f"no run reports {metric}")
-    figure, axes = plt.subplots(figsize=(9, 4.8))
+    labels = legend_labels(list(dict.fromkeys(p["variant"] for p in points)))
+    figure = Figure(figsize=(FIGURE_WIDTH, AXES_HEIGHT), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
     for index, (variant, rows) in enumerate(table.items()):
         x = [100 * row["weights_remaining"] for row in rows]
         line, = axes.plot(x, [100 * row["mean"] for row in rows],
                           marker=MARKERS[index % len(MARKERS)], markersize=4,
                           linestyle=LINESTYLES[index % len(LINESTYLES)],
-                          label=short_label(variant))
+                          label=labels.get(variant, short_label(variant)))
         axes.fill_between(x, [100 * row["min"] for row in rows], [100 * row["max"] for row in rows],
                           color=line.get_color(), alpha=0.15, linewidth=0)
     axes.set_xscale("log")
     axes.invert_xaxis()
-    ticks = sorted({round(100 * row["weights_remaining"], 1) for rows in table.values()
-                    for row in rows}, reverse=True)
-    if len(ticks) <= 14:
-        axes.set_xticks(ticks)
-        axes.set_xticklabels([f"{tick:g}" for tick in ticks], rotation=45)
+    values = [100 * row["weights_remaining"] for rows in table.values() for row in rows]
+    ticks = thinned_ticks([float(f"{value:.3g}") for value in values if value > 0],
+                          axes.get_xlim(), 0.8 * FIGURE_WIDTH)
+    if ticks:
+        axes.set_xticks(ticks, labels=[_tick_text(tick) for tick in ticks])
         axes.minorticks_off()
+    axes.tick_params(labelsize=FONT_SIZE)
     axes.set_xlabel("% of weights remaining (log scale)")
     axes.set_ylabel(f"{metric.replace('_', ' ')} (%)")
     axes.grid(True, alpha=0.3)
-    axes.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
-    heading = title or ""
+    heading = title or default_title(points) or (
+        f"{metric.replace('_', ' ')} against weights remaining")
     if metric == "untrained_test_accuracy":
-        heading = (heading + ": " if heading else "") + "masks on the untrained network"
+        heading += ": masks on the untrained network"
     seeds = sorted({row["seeds"] for rows in table.values() for row in rows})
-    note = f"{BAND_NOTE} ({'/'.join(str(n) for n in seeds)} seeds)"
-    axes.set_title(f"{heading}\n{note}" if heading else note, fontsize=9)
-    figure.tight_layout()
-    try:
-        with atomic_file(path) as temp:
-            figure.savefig(temp, dpi=120, format="png")
-    finally:
-        plt.close(figure)
+    note = f"{BAND_NOTE} ({'/'.join(str(n) for n in seeds)} seed{'' if seeds == [1] else 's'})"
+    axes.set_title(f"{heading}\n{note}", fontsize=9)
+    _legend_below(figure, axes)
+    return figure
+
+
+def _legend_below(figure, axes):
+    """The legend under the axes, in the most columns (up to 4) that fit the figure's
+    width; the figure grows by the legend's height."""
+    handles, names = axes.get_legend_handles_labels()
+    renderer = figure.canvas.get_renderer()
+    for columns in range(min(4, len(handles)), 0, -1):
+        legend = figure.legend(handles, names, loc="outside lower center", ncols=columns,
+                               fontsize=FONT_SIZE, frameon=False)
+        extent = legend.get_window_extent(renderer)
+        if columns == 1 or extent.width <= 0.96 * figure.bbox.width:
+            break
+        legend.remove()
+    figure.set_size_inches(FIGURE_WIDTH, AXES_HEIGHT + extent.height / figure.dpi + 0.15)
+    return legend
+
+
+def plot(points, path, metric="test_accuracy", title=None):
+    """Writes ``report_figure`` as a PNG at `path`."""
+    figure = report_figure(points, metric, title)
+    with atomic_file(path) as temp:
+        figure.savefig(temp, dpi=DPI, format="png")
 
 
 def write_report(run_dirs, output_prefix, title=None, plots_only=False):
