@@ -252,6 +252,9 @@ def test_pack_carries_records_and_cut_runs_and_unpack_resumes_them_in_place(tmp_
         if finished:
             open(os.path.join(folder, "results.json"), "w").write('{"test_accuracy": 0.5}')
     assert studies.stale_reason(output, jobs[0]) == ""
+    os.makedirs(os.path.join(cut, ".replaced"))  # an earlier run's files, a temporary
+    open(os.path.join(cut, ".replaced", "results.json"), "w").write("{}")
+    open(os.path.join(cut, ".tmp-metrics.csv-x"), "w").write("partial")
 
     archive, cut_runs = (str(tmp_path / "out" / name) for name in ("records.tar.gz",
                                                                      "partial.tar.gz"))
@@ -368,3 +371,28 @@ def test_a_best_over_row_takes_the_best_mean_and_is_checked_against_the_group_nu
     assert [row["tolerance"] for row in table] == ["", "", "", "", "2.0", ""]
     assert studies.with_best_rows(dataclasses.replace(study, best_over=""), "full",
                                   states) == states
+
+
+def test_a_second_study_runner_on_the_same_folder_changes_nothing(tmp_path):
+    spec = _tiny_study(tmp_path)
+    study = studies.load_study_file(str(spec))["tiny"]
+    output = studies.output_folder(str(tmp_path), study, "cpu")
+    job = studies.unique_jobs(studies.study_runs(study, "cpu", seeds=[0]))[0]
+    os.makedirs(batch.run_dir(output, job))
+    open(os.path.join(batch.run_dir(output, job), "results.json"), "w").write("{}")
+    # Stale (no flags.txt): a second runner must not set it aside while another holds
+    # the folder.
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from tf_supermask.tools import batch\n"
+        f"with batch.output_locked({output!r}):\n"
+        "    print('held', flush=True); time.sleep(60)")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        before = sorted(os.listdir(output))
+        with pytest.raises(batch.OutputBusy):
+            studies.run_study(study, "cpu", str(tmp_path), seeds=[0], rerun_stale=True,
+                              stream=open(os.devnull, "w"))
+        assert sorted(os.listdir(output)) == before
+    finally:
+        holder.kill()
+        holder.wait()

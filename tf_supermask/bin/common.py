@@ -23,6 +23,12 @@ USER_ERRORS = (ValueError, OSError, FloatingPointError)
 
 def error_message(error):
     """One line saying what went wrong, for a user error."""
+    from tf_supermask.files import disk_full
+
+    if disk_full(error):  # h5py's message spans lines and names a temporary file
+        where = f" writing {error.filename}" if getattr(error, "filename", None) else ""
+        return (f"the disk is full (no space left on device){where}; free some space and "
+                "run the command again (what was finished is kept)")
     if isinstance(error, OSError) and error.strerror:
         where = f": {error.filename}" if error.filename else ""
         return f"{error.strerror}{where}"

@@ -18,7 +18,8 @@ A job whose run directory holds ``results.json`` is skipped, so a batch that
 was cut short resumes when run again (a run that was killed mid-way resumes
 from its last finished epoch, since the binaries resume their run
 directories). ``OUTPUT/summary.csv`` and ``OUTPUT/summary.md`` are rewritten
-whenever a job finishes.
+whenever a job finishes. One runner uses an output folder at a time: a second one
+started on the same folder says which runner holds it and stops, changing nothing.
 
 The runner only starts processes and reads their results: it imports neither
 Keras nor TensorFlow, and the jobs inherit its environment, so
@@ -35,6 +36,7 @@ as each host keeps its output folder).
 """
 
 import collections
+import contextlib
 import csv
 import dataclasses
 import datetime
@@ -70,6 +72,8 @@ RESERVED_FLAGS = ("run_dir", "flagfile")
 RUN_CONTROL_FLAGS = tuple(name for name in RUN_CONTROL_FIELDS if name != "run_dir")
 # Written into an output folder the runner uses: its summary files may be rewritten.
 MARKER_FILE = ".tf-supermask-batch"
+# Held (flock) by the runner using an output folder: a second runner is refused.
+LOCK_FILE = ".tf-supermask-batch.lock"
 MAX_NAME_LENGTH = 120
 
 # Exit codes of run_batch's report.
@@ -442,6 +446,83 @@ def check_output_folder(output: str):
                                "not write; choose another --output (nothing was changed)")
 
 
+class OutputBusy(ValueError):
+    """Another runner holds the output folder."""
+
+
+# Output folders this process holds: real path -> [open lock file, holds].
+_HELD_OUTPUTS: Dict[str, list] = {}
+
+
+def lock_output(output: str) -> str:
+    """Makes this process the only runner using the folder `output` (created if missing):
+    an OS-level lock (``flock``) on ``OUTPUT/.tf-supermask-batch.lock``, which the
+    operating system releases when the process ends, however it ends. A process that
+    holds the folder already may take it again (``release_output`` once for each).
+
+    Returns:
+      The key to give to ``release_output``.
+
+    Raises:
+      OutputBusy: another runner holds the folder (the message names it); nothing
+        was changed.
+    """
+    import fcntl
+    import socket
+
+    key = os.path.realpath(output)
+    if key in _HELD_OUTPUTS:
+        _HELD_OUTPUTS[key][1] += 1
+        return key
+    path = os.path.join(output, LOCK_FILE)
+    os.makedirs(output, exist_ok=True)
+    lock = open(path, "a+")
+    try:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        lock.seek(0)
+        holder = lock.read().strip() or "an unknown process"
+        lock.close()
+        raise OutputBusy(f"--output={output} is in use by another tf-supermask-batch runner "
+                         f"({holder}); wait for it to finish, or give this batch another "
+                         "--output. Nothing was changed.") from None
+    started = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    lock.seek(0)
+    lock.truncate()
+    lock.write(f"pid {os.getpid()} on {socket.gethostname()}, started {started}\n")
+    lock.flush()
+    _HELD_OUTPUTS[key] = [lock, 1]
+    return key
+
+
+def release_output(key: str):
+    """Gives up a hold ``lock_output`` took; the last one releases the folder (the lock
+    file stays, empty)."""
+    held = _HELD_OUTPUTS.get(key)
+    if held is None:
+        return
+    held[1] -= 1
+    if held[1] > 0:
+        return
+    del _HELD_OUTPUTS[key]
+    try:
+        held[0].truncate(0)
+    except OSError:
+        pass
+    held[0].close()
+
+
+@contextlib.contextmanager
+def output_locked(output: str):
+    """``lock_output`` for the duration of a ``with`` block (e.g. a study that prepares
+    its output folder before ``run_batch``, which then holds it again)."""
+    key = lock_output(output)
+    try:
+        yield
+    finally:
+        release_output(key)
+
+
 def _die_with_parent(runner_pid: int):
     """In a job's process before it runs: SIGTERM it when the runner dies, however the
     runner dies (Linux; elsewhere jobs may outlive a killed runner, and their run
@@ -514,6 +595,10 @@ def run_batch(jobs: Sequence[Job], output: str, parallel: int = 1,
 
     Returns:
       A BatchReport; its exit_code is non-zero when a job failed or did not finish.
+
+    Raises:
+      OutputBusy: another runner is using `output` (one runner per folder; a dry
+        run does not take the folder). Nothing was changed.
     """
     stream = stream or sys.stdout
     check_output_folder(output)
@@ -528,6 +613,18 @@ def run_batch(jobs: Sequence[Job], output: str, parallel: int = 1,
     if (env or os.environ).get("TF_CONFIG") and parallel > 1:
         raise ValueError("TF_CONFIG is set (a multi-worker cluster): jobs must run one at a "
                          "time, in the same order on every worker; use parallel=1")
+    lock = None if dry_run else lock_output(output)
+    try:
+        return _run_jobs(jobs, output, parallel, extra_flags, dry_run, time_limit, env, python,
+                         stream, poll_seconds)
+    finally:
+        if lock is not None:
+            release_output(lock)
+
+
+def _run_jobs(jobs, output, parallel, extra_flags, dry_run, time_limit, env, python, stream,
+              poll_seconds) -> BatchReport:
+    """run_batch once its arguments are checked and the output folder is locked."""
 
     def say(text):
         print(text, file=stream, flush=True)

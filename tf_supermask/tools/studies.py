@@ -620,8 +620,6 @@ def run_study(study: Study, scale: str, root: str, seeds=None, only: str = "",
         stream.write(f"stale: {name} ({reason})" + (
             "; set aside and run again\n" if rerun_stale and not dry_run else
             "; not counted (--rerun_stale runs it again)\n"))
-    if stale and rerun_stale and not dry_run:
-        set_aside(output, list(stale))
     estimate = estimate_seconds_left(study, scale, root, seeds, only, parallel)
     label = scale_label(scale)
     stream.write(f"study {study.name} at scale {label}: {len(runs)} cell-seeds in "
@@ -629,12 +627,20 @@ def run_study(study: Study, scale: str, root: str, seeds=None, only: str = "",
                  + (f"; about {batch.format_seconds(estimate)} left at the mean time of the "
                     "finished runs" if estimate else "") + "\n")
     stream.flush()
-    try:
+
+    def run_batch():
         return batch.run_batch(unique_jobs(runs), output, parallel=parallel,
                                extra_flags=tuple(extra_flags), dry_run=dry_run,
                                time_limit=time_limit, stream=_EtaStream(stream, parallel))
-    finally:  # the next batch's summary forgets the jobs it skips: keep their times
-        if not dry_run and os.path.isdir(output):
+
+    if dry_run:
+        return run_batch()
+    with batch.output_locked(output):  # one runner per folder, from the first change on
+        if stale and rerun_stale:
+            set_aside(output, list(stale))
+        try:
+            return run_batch()
+        finally:  # the next batch's summary forgets the jobs it skips: keep their times
             ran = _summary_walls(output)
             _merge_walls(output, {job.name: ran[job.name] for job in unique_jobs(runs)
                                   if job.name in ran and batch.finished(output, job)})
@@ -848,7 +854,12 @@ def set_aside(output: str, names: Sequence[str]) -> List[str]:
 
 RECORD_FILES = (RESULTS_FILE, FLAGS_FILE, "metrics.csv")
 WALLS_FILE = "walls.json"
-NOT_PACKED = ("tensorboard", ".lock")  # left out of a cut run's directory
+# Left out of a cut run's directory: events, the lock, a replaced run's files, temporaries.
+NOT_PACKED = ("tensorboard", ".lock", ".replaced", ".tmp-")
+
+
+def _packed(name: str) -> bool:
+    return not (name in NOT_PACKED or name.startswith(NOT_PACKED[2:]))
 
 
 @dataclasses.dataclass
@@ -862,9 +873,9 @@ class PackReport:
 def _folder_bytes(path: str) -> int:
     total = 0
     for parent, folders, files in os.walk(path):
-        folders[:] = [name for name in folders if name not in NOT_PACKED]
+        folders[:] = [name for name in folders if _packed(name)]
         total += sum(os.path.getsize(os.path.join(parent, name)) for name in files
-                     if name not in NOT_PACKED)
+                     if _packed(name))
     return total
 
 
@@ -901,9 +912,9 @@ def pack(study: Study, scale: str, root: str, destination: str, seeds=None, only
             budget -= size
             report.partial.append(job.name)
             for parent, folders, names in os.walk(directory):
-                folders[:] = [name for name in folders if name not in NOT_PACKED]
+                folders[:] = [name for name in folders if _packed(name)]
                 for name in names:
-                    if name not in NOT_PACKED:
+                    if _packed(name):
                         path = os.path.join(parent, name)
                         partial.append((path, os.path.join(prefix, job.name,
                                                            os.path.relpath(path, directory))))

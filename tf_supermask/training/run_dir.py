@@ -5,6 +5,11 @@ place (``atomic_file``), so a process killed at any moment leaves either the old
 or the new one, never half of one. A run directory is held by one process at a time
 through an OS-level lock (``flock`` on ``<run_dir>/.lock``), which the operating
 system releases when that process ends, however it ends.
+
+A finished run replaced with ``overwrite`` is not lost if the new run fails: its files
+are moved aside into ``<run_dir>/.replaced`` when the new run starts, removed once the
+new run's results.json is written, and moved back if it fails (or, if the process was
+killed, by the next command on the folder).
 """
 
 import contextlib
@@ -13,6 +18,7 @@ import json
 import os
 import shutil
 import socket
+import warnings
 
 from tf_supermask import choices
 from tf_supermask.files import (KILL_ENV, atomic_file, file_mode, kill_point,  # noqa: F401
@@ -21,6 +27,15 @@ from tf_supermask.files import (KILL_ENV, atomic_file, file_mode, kill_point,  #
 FLAGS_FILE = choices.FLAGS_FILE
 RESULTS_FILE = choices.RESULTS_FILE
 LOCK_FILE = ".lock"
+# The replaced run's files while the new run has not finished (see ``begin``), and the
+# folder's names during the steps a kill can interrupt: moving them aside, removing
+# what a failed new run wrote, moving them back.
+REPLACED = ".replaced"
+MOVING_ASIDE = ".replaced-moving"
+CLEARING = ".replaced-clearing"
+RESTORING = ".replaced-restoring"
+_REPLACE_FOLDERS = (MOVING_ASIDE, REPLACED, CLEARING, RESTORING)
+_NOT_ENTRIES = (LOCK_FILE,) + _REPLACE_FOLDERS
 
 
 class RunDirError(ValueError):
@@ -59,6 +74,8 @@ def parse_flagfile(text, ignore=()):
 
 # Locks this process holds: real path of the run directory -> open lock file.
 _HELD = {}
+# Run directories (real paths) whose old run this process moved aside (``begin``).
+_REPLACING = set()
 
 
 def _holder(lock_path):
@@ -109,8 +126,19 @@ def acquire(run_dir):
 
 
 def release(run_dir):
-    """Gives up this process's lock on `run_dir` (the lock file stays; it is empty then)."""
-    stream = _HELD.pop(os.path.realpath(run_dir), None)
+    """Gives up this process's lock on `run_dir` (the lock file stays; it is empty then).
+
+    If this process replaced a run there (``begin``), the replaced run is removed now if
+    the new one finished (its results.json exists), else it is put back.
+    """
+    key = os.path.realpath(run_dir)
+    if key in _REPLACING:
+        _REPLACING.discard(key)
+        try:
+            recover(run_dir)
+        except OSError as error:  # the next command on the folder finishes the job
+            warnings.warn(f"could not finish replacing the run in {run_dir}: {error}")
+    stream = _HELD.pop(key, None)
     if stream is not None:
         with contextlib.suppress(OSError):
             stream.truncate(0)
@@ -118,8 +146,69 @@ def release(run_dir):
 
 
 def _entries(run_dir):
-    """The folder's entries other than the lock file."""
-    return [name for name in os.listdir(run_dir) if name != LOCK_FILE]
+    """The folder's entries other than the lock file and a replaced run set aside."""
+    return [name for name in os.listdir(run_dir) if name not in _NOT_ENTRIES]
+
+
+def _remove(path):
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path)
+    else:
+        os.remove(path)
+
+
+def _move_entries(source, target):
+    """Moves every entry of `source` into `target` (one rename each), then removes
+    `source`. No name may be in both."""
+    for name in sorted(os.listdir(source)):
+        os.replace(os.path.join(source, name), os.path.join(target, name))
+        kill_point("replace:moving_back")
+    os.rmdir(source)
+
+
+def _move_aside(run_dir):
+    """Moves the run in `run_dir` into ``run_dir/.replaced``: entry by entry into
+    ``.replaced-moving``, then one rename commits it."""
+    moving = os.path.join(run_dir, MOVING_ASIDE)
+    os.mkdir(moving)
+    for name in _entries(run_dir):
+        os.replace(os.path.join(run_dir, name), os.path.join(moving, name))
+        kill_point("replace:moving_aside")
+    os.replace(moving, os.path.join(run_dir, REPLACED))
+    kill_point("replace:moved_aside")
+
+
+def recover(run_dir):
+    """Settles a replaced run left in `run_dir` (call with the lock held).
+
+    The replaced run is removed if the new run finished (results.json exists), else it
+    is put back as it was, and what the new run wrote is removed; a kill at any step
+    is settled by calling this again.
+
+    Returns:
+      "kept" (the new run finished), "restored" (the replaced run is back) or None
+      (nothing was left).
+    """
+    def path(name):
+        return os.path.join(run_dir, name)
+
+    if os.path.isdir(path(MOVING_ASIDE)):  # killed while moving it aside: put it back
+        _move_entries(path(MOVING_ASIDE), run_dir)
+        return "restored"
+    if os.path.isdir(path(REPLACED)):
+        if os.path.exists(path(RESULTS_FILE)):  # the new run finished
+            shutil.rmtree(path(REPLACED))
+            return "kept"
+        os.replace(path(REPLACED), path(CLEARING))
+    elif not os.path.isdir(path(CLEARING)) and not os.path.isdir(path(RESTORING)):
+        return None
+    if os.path.isdir(path(CLEARING)):  # the failed new run's files go
+        kill_point("replace:clearing")
+        for name in _entries(run_dir):
+            _remove(path(name))
+        os.replace(path(CLEARING), path(RESTORING))
+    _move_entries(path(RESTORING), run_dir)
+    return "restored"
 
 
 def _problem(run_dir, flagfile_text, ignore):
@@ -168,7 +257,7 @@ def check(run_dir, flagfile_text, overwrite=False, ignore=()):
     had_folder = os.path.isdir(run_dir)
     had_lock = os.path.exists(os.path.join(run_dir, LOCK_FILE))
     try:
-        acquire(run_dir)
+        taken = acquire(run_dir)
     except RunDirBusy:
         raise
     except RunDirError:
@@ -176,6 +265,12 @@ def check(run_dir, flagfile_text, overwrite=False, ignore=()):
         if problem and not overwrite:  # the more useful message on a read-only finished run
             raise RunDirError(f"{problem}. Nothing was changed.") from None
         raise
+    try:
+        if taken:  # a replacement a kill interrupted: the old run comes back
+            recover(run_dir)
+    except OSError as error:
+        release(run_dir)
+        raise RunDirError(f"cannot restore the replaced run in {run_dir}: {error}") from None
     problem = _problem(run_dir, flagfile_text, ignore)
     if problem is None:
         return "resume" if _entries(run_dir) else "new"
@@ -215,7 +310,9 @@ def _untouched(run_dir, had_folder, had_lock):
 def remove_temporaries(run_dir):
     """Removes the temporary files a killed writer left in `run_dir` (call with the lock
     held, so that no writer is using them)."""
-    for folder, _, files in os.walk(run_dir):
+    for folder, folders, files in os.walk(run_dir):
+        if folder == run_dir:  # a replaced run set aside is left as it is
+            folders[:] = [name for name in folders if name not in _REPLACE_FOLDERS]
         for name in files:
             if name.startswith(".tmp-"):
                 with contextlib.suppress(OSError):
@@ -223,18 +320,19 @@ def remove_temporaries(run_dir):
 
 
 def begin(run_dir, flagfile_text, state):
-    """Starts the run decided by ``check``: clears a replaced run, or the temporary files
-    of a killed attempt of a resumed one; writes flags.txt."""
+    """Starts the run decided by ``check``: sets a replaced run aside, or removes the
+    temporary files of a killed attempt of a resumed one; writes flags.txt.
+
+    A replaced run is moved into ``run_dir/.replaced``, not deleted: ``release`` removes
+    it once the new run's results.json exists and puts it back otherwise (a failed or
+    interrupted new run); after a kill, the next ``check`` on the folder puts it back.
+    """
     if state == "resume":
         remove_temporaries(run_dir)
         return
     if state == "replace":
-        for name in _entries(run_dir):
-            path = os.path.join(run_dir, name)
-            if os.path.isdir(path) and not os.path.islink(path):
-                shutil.rmtree(path)
-            else:
-                os.remove(path)
+        _REPLACING.add(os.path.realpath(run_dir))  # from here on, release settles it
+        _move_aside(run_dir)
     write_atomic(os.path.join(run_dir, FLAGS_FILE), flagfile_text)
 
 
