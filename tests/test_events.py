@@ -66,3 +66,8 @@ def test_training_without_tensorflow_still_writes_epoch_scalars(tmp_path, monkey
     tags = {tag for tag, *_ in train[1:]}
     assert {"epoch_loss", "epoch_accuracy", "epoch_weights_remaining"} <= tags
     assert [step for tag, step, _ in train[1:] if tag == "epoch_loss"] == [0, 1]
+    # As with TensorFlow: the test set evaluated each epoch is named test_, one learning rate.
+    assert {"epoch_test_accuracy", "epoch_test_loss"} <= tags
+    assert not (run_dir / "tensorboard" / "validation").exists()
+    assert sorted(tag for tag in tags if "learning_rate" in tag or tag.endswith("_lr")) == [
+        "epoch_lr"]

@@ -197,6 +197,22 @@ def ticket(tmp_path_factory):
     return run_dir, summary
 
 
+def test_early_stop_reads_the_test_set_as_named_now_and_before():
+    from tf_supermask.experiments.lottery import early_stop
+
+    # No held-out split: the test set's figures, test_* now, val_* in older runs.
+    new = early_stop({"test_loss": [0.9, 0.4, 0.6], "test_accuracy": [0.5, 0.8, 0.7]}, 4)
+    old = early_stop({"val_loss": [0.9, 0.4, 0.6], "val_accuracy": [0.5, 0.8, 0.7]}, 4)
+    assert new == old == {"early_stop_epoch": 1, "early_stop_iteration": 8,
+                          "early_stop_val_loss": 0.4, "early_stop_val_accuracy": 0.8}
+    # A held-out split: its val_* decide, not the test set's figures beside them.
+    split = early_stop({"val_loss": [0.3, 0.5], "val_accuracy": [0.9, 0.6],
+                        "test_loss": [0.9, 0.1], "test_accuracy": [0.1, 0.95]}, 4, first_epoch=2)
+    assert split == {"early_stop_epoch": 2, "early_stop_iteration": 12,
+                     "early_stop_val_loss": 0.3, "early_stop_val_accuracy": 0.9}
+    assert early_stop({"loss": [1.0]}, 4) == {}
+
+
 def _weights(path, config):
     from tf_supermask.models import build_model
 

@@ -1,5 +1,6 @@
 """End-to-end runs of the training library and binary on tiny real data."""
 
+import csv
 import glob
 import json
 import os
@@ -77,8 +78,81 @@ def test_tensorboard_has_weights_remaining_and_score_histograms(tmp_path):
             tags.update(value.tag for value in event.summary.value)
     assert "epoch_weights_remaining" in tags
     assert any(tag.startswith("epoch_weights_remaining/") for tag in tags)
-    assert "epoch_learning_rate" in tags
+    assert "epoch_lr" in tags and "epoch_learning_rate" not in tags
     assert any("scores" in tag for tag in tags)
+
+
+def _scalar_tags(run_dir):
+    """{folder under tensorboard/: the scalar tags of its event files}."""
+    import tensorflow as tf
+
+    tags = {}
+    root = os.path.join(run_dir, "tensorboard")
+    for path in glob.glob(os.path.join(root, "**", "events*"), recursive=True):
+        folder = tags.setdefault(os.path.relpath(os.path.dirname(path), root), set())
+        for event in tf.compat.v1.train.summary_iterator(path):
+            folder.update(value.tag for value in event.summary.value
+                          if value.HasField("simple_value") or value.metadata.plugin_data
+                          .plugin_name == "scalars")
+    return tags
+
+
+def _metrics(run_dir):
+    with open(os.path.join(run_dir, "metrics.csv"), newline="") as stream:
+        return list(csv.DictReader(stream))
+
+
+def _learning_rate_tags(tags):
+    return sorted((folder, tag) for folder, names in tags.items() for tag in names
+                  if "learning_rate" in tag or tag.endswith("_lr") or "lr/" in tag)
+
+
+def test_epoch_lines_are_short_and_the_test_set_is_named_test(tmp_path, capsys):
+    # conv6 has 9 masked layers: each one's weights remaining went on every epoch line
+    # (1,324 characters on resnet20). They stay in metrics.csv and TensorBoard.
+    results = train(tiny(tmp_path, model="conv6", width=0.1, train_size=128, batch_size=32,
+                         steps_per_epoch=2, verbose=2))
+    out = capsys.readouterr().out
+    lines = [line for line in out.splitlines() if line.startswith("2/2 - ")]
+    assert len(lines) == 2, out
+    for line in lines:
+        assert len(line) < 160, line
+        for shown in (" - loss: ", " - accuracy: ", " - test_accuracy: ", " - lr: ",
+                      " - weights_remaining: "):
+            assert shown in line, line
+        assert "kernel" not in line and "val_" not in line, line
+    run_dir = tmp_path / "run"
+    rows = _metrics(run_dir)
+    per_layer = {key.split("/", 1)[1] for key in rows[0] if key.startswith("weights_remaining/")}
+    assert per_layer == set(results["weights_remaining_per_layer"]) and len(per_layer) == 9
+    # No held-out split: what each epoch evaluated is the test set, and says so.
+    assert {"test_accuracy", "test_loss"} <= set(rows[0])
+    assert not any(key.startswith("val_") for key in rows[0]), sorted(rows[0])
+    assert float(rows[-1]["test_accuracy"]) == pytest.approx(results["test_accuracy"], abs=1e-6)
+    assert "val_accuracy" not in results["history"]
+    assert results["history"]["test_accuracy"] == pytest.approx(
+        [float(row["test_accuracy"]) for row in rows])
+    assert results["best_epoch_test_accuracy"] == pytest.approx(
+        max(float(row["test_accuracy"]) for row in rows))
+    tags = _scalar_tags(run_dir)
+    assert {"epoch_test_accuracy", "epoch_test_loss", "epoch_lr"} <= tags["train"]
+    assert {f"epoch_weights_remaining/{path}" for path in per_layer} <= tags["train"]
+    assert "validation" not in tags, sorted(tags)
+    assert _learning_rate_tags(tags) == [("train", "epoch_lr")]
+
+
+def test_a_validation_split_is_named_val_and_the_test_set_test(tmp_path):
+    results = train(tiny(tmp_path, train_size=256, validation_size=64))
+    run_dir = tmp_path / "run"
+    rows = _metrics(run_dir)
+    assert {"val_accuracy", "val_loss", "test_accuracy", "test_loss"} <= set(rows[0])
+    assert results["best_val_accuracy"] == pytest.approx(
+        max(float(row["val_accuracy"]) for row in rows))
+    tags = _scalar_tags(run_dir)
+    assert {"epoch_accuracy", "epoch_loss"} <= tags["validation"]
+    assert {"epoch_test_accuracy", "epoch_test_loss"} <= tags["train"]
+    assert "test" not in tags
+    assert _learning_rate_tags(tags) == [("train", "epoch_lr")]
 
 
 def test_supermask_beats_chance_quickly(tmp_path):

@@ -122,6 +122,71 @@ def test_tiny_run_is_quiet_and_prints_one_line_per_epoch_when_piped(tiny_run):
     assert sum(line.startswith("2/2 - ") for line in lines) == 2  # one line per epoch
     # The banner says what governs the run: k for top-k.
     assert f"Starting {run_dir}: fc mask=topk k=0.3 on sample" in result.stdout
+    # --verbose=1 piped: the quiet lines (the binary's start line, the result) and the epochs.
+    assert lines[0].startswith(f"tf-supermask-train: Starting {run_dir}: fc"), lines[0]
+    assert lines[-1].startswith("test accuracy ") and lines[-1].endswith(f"results in {run_dir}")
+
+
+# --verbose=0: what started, each level / round / arm, the result ---------------------------------
+
+TINY = ("--model=fc", "--width=0.1", "--dataset=sample", "--train_size=120", "--batch_size=60",
+        "--epochs=1", "--verbose=0")
+
+
+def _quiet_lines(result):
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.splitlines()
+    # None of Keras's progress output: no epoch headers, no per-epoch lines.
+    assert not any(line.startswith("Epoch ") or " - loss: " in line for line in lines), lines
+    return lines
+
+
+def test_quiet_binaries_say_what_started_each_level_and_arm_and_the_result(tmp_path):
+    # Flagfiles set --verbose=0; a long run used to print nothing at all.
+    train_dir, lottery_dir, compare_dir, prune_dir = (
+        tmp_path / name for name in ("train", "lottery", "compare", "prune"))
+    runs = {
+        "train": [_binary("train"), *TINY, "--mask=topk", f"--run_dir={train_dir}"],
+        "lottery": [_binary("lottery"), *TINY, "--levels=2", f"--run_dir={lottery_dir}"],
+        "finetune": [_binary("finetune"), *TINY, "--compare=lottery,finetune",
+                     "--sparsities=0.5", "--finetune_epochs=1", f"--run_dir={compare_dir}"],
+        "prune-init": [_binary("prune-init"), *TINY, "--method=magnitude", "--sparsity=0.5",
+                       f"--run_dir={prune_dir}"],
+    }
+    lines = {name: _quiet_lines(_run(args)) for name, args in runs.items()}
+
+    train_lines = lines["train"]
+    assert len(train_lines) == 2, train_lines
+    assert train_lines[0].startswith(f"tf-supermask-train: Starting {train_dir}: fc mask=topk")
+    assert " on sample " in train_lines[0]
+    assert re.fullmatch(rf"test accuracy [\d.]+, weights remaining 0\.5000; results in "
+                        rf"{re.escape(str(train_dir))}", train_lines[1]), train_lines[1]
+
+    lottery = lines["lottery"]
+    assert lottery[0] == (f"tf-supermask-lottery: Starting {lottery_dir}: fc on sample, "
+                          "levels 0-2, criterion large_final"), lottery[0]
+    assert [line.split(":")[0] for line in lottery[1:4]] == ["level 0", "level 1", "level 2"]
+    assert all("% weights remaining, test accuracy " in line for line in lottery[1:4]), lottery
+    assert lottery[4].startswith("lottery: level 2, ") and lottery[4].endswith(
+        f"results in {lottery_dir}"), lottery[4]
+    assert len(lottery) == 5, lottery
+
+    compare = lines["finetune"]
+    assert compare[0] == (f"tf-supermask-finetune: Starting {compare_dir}: fc on sample, arms "
+                          "lottery, finetune at sparsities 0.5"), compare[0]
+    assert compare[1].startswith("dense: test accuracy "), compare
+    assert compare[2].startswith("sparsity 0.5, lottery: test accuracy "), compare
+    assert compare[3].startswith("sparsity 0.5, finetune: test accuracy "), compare
+    assert compare[4].startswith("comparison: 2 arms, test accuracy ") and compare[4].endswith(
+        f"results in {compare_dir}"), compare[4]
+    assert len(compare) == 5, compare
+
+    prune = lines["prune-init"]
+    assert prune[0].startswith(f"tf-supermask-prune-init: Starting {prune_dir}: fc on sample")
+    assert prune[1].startswith("magnitude mask at sparsity 0.5 "), prune
+    assert prune[2].startswith("test accuracy ") and prune[2].endswith(
+        f"results in {prune_dir}"), prune[2]
+    assert len(prune) == 3, prune
 
 
 def test_tiny_run_records_the_learning_rate_normalisation_and_best_epoch(tiny_run):
@@ -209,6 +274,27 @@ def test_best_epoch_counts_from_zero_and_names_the_test_set_when_it_validates():
     assert "test set" in on_test["validation_note"] and "best_val_accuracy" not in on_test
     # A run that trained only its last epochs (late rewinding): epochs keep their numbers.
     assert records.best_epoch_results({"val_accuracy": [0.1, 0.3]}, 5, False)["best_epoch"] == 4
+    # The test set's per-epoch figures are test_*; a held-out split's test_* are not validation.
+    on_test = records.best_epoch_results({"test_accuracy": [0.5, 0.8, 0.6]}, 3, True)
+    assert on_test["best_epoch"] == 1 and on_test["best_epoch_test_accuracy"] == 0.8
+    assert records.best_epoch_results({"test_accuracy": [0.5, 0.8]}, 2, False) == {}
+
+
+def test_metrics_csv_written_before_the_test_set_was_named_resumes_with_test_columns(tmp_path):
+    # A run without a validation split, started by an older version (val_* columns for
+    # the test set) and resumed by this one (test_* in the logs): one set of columns.
+    path = tmp_path / "metrics.csv"
+    path.write_text("epoch,accuracy,loss,val_accuracy,val_loss\n0,0.5,1.5,0.25,2.0\n")
+    writer = records.MetricsCSV(str(path), rename=records.rename_test_keys)
+    writer.on_train_begin()
+    logs = records.rename_test_keys({"accuracy": 0.75, "loss": 1.0, "val_accuracy": 0.5,
+                                     "val_loss": 1.25})
+    writer.on_epoch_end(1, logs)
+    with open(path, newline="") as stream:
+        rows = list(csv.DictReader(stream))
+    assert list(rows[0]) == ["epoch", "accuracy", "loss", "test_accuracy", "test_loss"]
+    assert [row["test_accuracy"] for row in rows] == ["0.25", "0.5"]
+    assert [row["test_loss"] for row in rows] == ["2.0", "1.25"]
 
 
 # Reports ----------------------------------------------------------------------------------------

@@ -31,6 +31,7 @@ from tf_supermask.counting import kept_count
 from tf_supermask.experiments.config import parse_arms, parse_sparsities
 from tf_supermask.experiments.stages import (Experiment, SaveWeightsAtStep, assign_trained,
                                              load_trained, load_weights, trained_values)
+from tf_supermask.training.records import say
 
 
 def rewind_weights_path(dense_run, epoch):
@@ -127,9 +128,10 @@ def run_comparison(config, callbacks=()):
                                               sparsities="0.5,0.8", finetune_epochs=1))
       [(arm["arm"], arm["sparsity"], arm["test_accuracy"]) for arm in summary["arms"]]
     """
-    from tf_supermask.experiments.finetune import (DENSE_DIR, check_dense_run, dense_stage,
-                                                   default_finetune_dir, finetune_train_config,
-                                                   one_shot_rule, pruned_stage)
+    from tf_supermask.experiments.finetune import (BINARY, DENSE_DIR, check_dense_run,
+                                                   dense_stage, default_finetune_dir,
+                                                   finetune_train_config, one_shot_rule,
+                                                   pruned_stage)
     from tf_supermask.layers import masked_layers
     from tf_supermask.training.trainer import INITIAL_WEIGHTS
 
@@ -149,6 +151,9 @@ def run_comparison(config, callbacks=()):
                              "only when the comparison trains its dense run: leave --dense_run "
                              "empty or drop the rewind arm")
     with experiment:
+        experiment.say_start(BINARY, f"arms {', '.join(arms)} at sparsities "
+                             f"{', '.join(f'{s:g}' for s in sparsities)}"
+                             + (f" (dense run {dense_run})" if dense_run else ""))
         if not dense_run:
             extra = []
             if "rewind" in arms:
@@ -176,21 +181,24 @@ def run_comparison(config, callbacks=()):
                                "test_accuracy": results["test_accuracy"],
                                "weights_remaining": results["weights_remaining"],
                                "pruned_layers_sparsity": results["pruned_layers_sparsity"]})
-                if config.verbose:
-                    print(f"sparsity {sparsity:g}, {arm}: test accuracy "
-                          f"{results['test_accuracy']:.4f}")
+                say(f"sparsity {sparsity:g}, {arm}: test accuracy {results['test_accuracy']:.4f}")
 
         # Correlation of each kernel between initialization and the end of pretraining.
         paths = [layer.kernel_variable.path for layer in masked_layers(trained_model)]
         correlation = weight_correlation({path: starts["lottery"][path] for path in paths},
                                          {path: trained[path] for path in paths},
                                          [1.0 - s for s in sparsities])
-        return experiment.write_summary({
+        summary = experiment.write_summary({
             "experiment": "comparison", "arms": points, "dense_run": dense_run,
             "dense_test_accuracy": dense_results["test_accuracy"],
             "pretraining_lr": config.lr, "retraining_epochs": config.finetune_epochs,
             "rewind_epoch": config.rewind_epoch if "rewind" in arms else None,
             "weight_correlation": correlation})
+    accuracies = [point["test_accuracy"] for point in points]
+    say(f"comparison: {len(points)} arms, test accuracy {min(accuracies):.4f} to "
+        f"{max(accuracies):.4f} (dense {dense_results['test_accuracy']:.4f}); results in "
+        f"{experiment.directory}")
+    return summary
 
 
 run = run_comparison  # every experiment driver has run(config)

@@ -34,8 +34,10 @@ from tf_supermask.pruning.gradual import (GradualPruning, prune_by_magnitude, pr
                                           pruning_schedule)
 from tf_supermask.sparsity import MASK_FILE, Mask
 from tf_supermask.training import run_dir as run_dir_lib
+from tf_supermask.training.records import say
 from tf_supermask.training.run_dir import dataset_stem, default_run_dir, model_stem
 
+BINARY = "tf-supermask-finetune"
 DENSE_DIR = "dense"
 # Flags of a dense run that must agree with the fine-tuning flags (they shape the network).
 ARCHITECTURE_FLAGS = ("model", "width", "batchnorm", "dataset")
@@ -92,7 +94,8 @@ def dense_stage(config, experiment, callbacks=()):
     """(run directory, results) of the experiment's own dense run, stage ``dense``,
     trained with the experiment's training flags unless it finished earlier."""
     results = experiment.stage(DENSE_DIR, train_config(config, mask="dense"), callbacks=callbacks)
-    results.pop("finished_earlier", None)
+    if not results.pop("finished_earlier", None):
+        say(f"dense: test accuracy {results['test_accuracy']:.4f}")
     return experiment.path(DENSE_DIR), results
 
 
@@ -181,14 +184,16 @@ def run_finetune(config: FinetuneConfig, callbacks=()):
         steps_per_epoch = experiment.steps_per_epoch()
         begin, end = config.schedule_steps(steps_per_epoch)
     with experiment:
+        experiment.say_start(BINARY, f"{config.prune_method} pruning to sparsity "
+                             f"{config.sparsity:g}" + (f" (dense run {dense_run})"
+                                                       if dense_run else ""))
         if not dense_run:
             dense_run, dense_results = dense_stage(config, experiment)
         summary = _prune_and_finetune(config, experiment, dense_run, dense_results,
                                       steps_per_epoch, begin, end)
-    if config.verbose:
-        print(f"{config.prune_method} pruning to {100 * summary['pruned_layers_sparsity']:.2f}%"
-              f" sparsity: test accuracy {summary['test_accuracy']:.4f} (dense "
-              f"{summary['dense_test_accuracy']:.4f}); results in {experiment.directory}")
+    say(f"{config.prune_method} pruning to {100 * summary['pruned_layers_sparsity']:.2f}%"
+        f" sparsity: test accuracy {summary['test_accuracy']:.4f} (dense "
+        f"{summary['dense_test_accuracy']:.4f}); results in {experiment.directory}")
     return summary
 
 
@@ -208,10 +213,9 @@ def _prune_and_finetune(config, experiment, dense_run, dense_results, steps_per_
                                           start, round_target_sparsity=sparsity)
             rounds.append((index, experiment.path(name), results))
             source = experiment.path(name)
-            if config.verbose:
-                print(f"round {index}/{config.prune_rounds}: "
-                      f"{100 * results['pruned_layers_sparsity']:.2f}% pruned, test accuracy "
-                      f"{results['test_accuracy']:.4f}")
+            say(f"round {index}/{config.prune_rounds}: "
+                f"{100 * results['pruned_layers_sparsity']:.2f}% pruned, test accuracy "
+                f"{results['test_accuracy']:.4f}")
     else:
         run_dir = experiment.path("finetune")
         extra, facts = [], {}

@@ -43,8 +43,10 @@ from tf_supermask.pruning.criteria import criterion_scores
 from tf_supermask.pruning.imp import IterativeMagnitudePruning
 from tf_supermask.sparsity import MASK_FILE, Mask
 from tf_supermask.training import run_dir as run_dir_lib
+from tf_supermask.training.records import per_epoch_evaluation, say
 from tf_supermask.training.run_dir import dataset_stem, default_run_dir, model_stem
 
+BINARY = "tf-supermask-lottery"
 INITIAL = os.path.join("checkpoints", "initial.weights.h5")
 REWIND = os.path.join("checkpoints", "rewind.weights.h5")
 
@@ -255,6 +257,10 @@ def _level_model(experiment, level, name):
 def early_stop(history, steps_per_epoch, first_epoch=0):
     """The epoch of minimum validation loss, from a level's epoch history.
 
+    The validation figures are ``val_loss`` and ``val_accuracy`` with a held-out split,
+    else those of the test set, ``test_loss`` and ``test_accuracy`` (``val_*`` in runs
+    written before the test set was named so); the results keep the names below.
+
     Args:
       history: {metric: per-epoch values} of the epochs the level trained.
       steps_per_epoch: optimizer steps per epoch.
@@ -267,15 +273,17 @@ def early_stop(history, steps_per_epoch, first_epoch=0):
       (optimizer steps from the start of training, the rewound ones included, at the
       end of that epoch), ``early_stop_val_loss`` and ``early_stop_val_accuracy``.
     """
-    losses = history.get("val_loss") or []
+    validation_is_test = not history.get("val_loss")
+    losses = per_epoch_evaluation(history, "loss", validation_is_test)
     if not losses:
         return {}
     index = int(np.argmin(losses))
     epoch = first_epoch + index
     out = {"early_stop_epoch": epoch, "early_stop_iteration": (epoch + 1) * steps_per_epoch,
            "early_stop_val_loss": float(losses[index])}
-    if history.get("val_accuracy"):
-        out["early_stop_val_accuracy"] = float(history["val_accuracy"][index])
+    accuracies = per_epoch_evaluation(history, "accuracy", validation_is_test)
+    if accuracies:
+        out["early_stop_val_accuracy"] = float(accuracies[index])
     return out
 
 
@@ -318,7 +326,13 @@ def run_lottery(config: LotteryConfig, callbacks=()):
                 raise ValueError(f"--masks_from={config.masks_from} has no mask for level "
                                  f"{level} ({path}); run that experiment first")
     with experiment:
-        return _run_levels(config, experiment, steps, rewind_step)
+        experiment.say_start(BINARY, f"levels 0-{config.levels}, criterion {config.criterion}")
+        summary = _run_levels(config, experiment, steps, rewind_step)
+    last = summary["levels"][-1]
+    say(f"lottery: level {last['level']}, {100 * last['weights_remaining']:.1f}% weights "
+        f"remaining, test accuracy {last['test_accuracy']:.4f}; results in "
+        f"{experiment.directory}")
+    return summary
 
 
 def _run_levels(config, experiment, steps, rewind_step):
@@ -351,11 +365,10 @@ def _run_levels(config, experiment, steps, rewind_step):
         if results.pop("finished_earlier", False):
             continue
         run_dir_lib.kill_point(f"level:{level}:done")
-        if config.verbose:
-            print(f"level {level}: {100 * results['weights_remaining']:.1f}% weights remaining, "
-                  f"test accuracy {results['test_accuracy']:.4f}"
-                  + (f", untrained {results['untrained_test_accuracy']:.4f}"
-                     if "untrained_test_accuracy" in results else ""))
+        say(f"level {level}: {100 * results['weights_remaining']:.1f}% weights remaining, "
+            f"test accuracy {results['test_accuracy']:.4f}"
+            + (f", untrained {results['untrained_test_accuracy']:.4f}"
+               if "untrained_test_accuracy" in results else ""))
     keys = ("level", "weights_remaining", "test_accuracy", "untrained_test_accuracy",
             "early_stop_epoch", "early_stop_iteration", "early_stop_val_accuracy",
             "weights_remaining_per_layer")

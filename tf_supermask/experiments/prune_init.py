@@ -16,7 +16,10 @@ from tf_supermask.layers import get_masks
 from tf_supermask.pruning.at_init import compute_masks, make_callback
 from tf_supermask.pruning.saliency import sparsity_per_layer
 from tf_supermask.sparsity import MASK_FILE, Mask
+from tf_supermask.training.records import say
 from tf_supermask.training.run_dir import dataset_stem, default_run_dir, model_stem
+
+BINARY = "tf-supermask-prune-init"
 
 
 def default_prune_init_run_dir(config, root="runs"):
@@ -89,17 +92,16 @@ def prune_init(config: PruneInitConfig, callbacks=()):
             "initial_mask_sparsity_per_layer": sparsity_per_layer(masks),
             "mask_seconds": time.time() - start,
         })
-        if config.verbose:
-            print(f"{config.method}{' (shuffled)' if config.shuffle else ''} mask at "
-                  f"sparsity {config.sparsity:g} ({config.resolved_scope}) in "
-                  f"{extra['mask_seconds']:.1f} s")
+        say(f"{config.method}{' (shuffled)' if config.shuffle else ''} mask at "
+            f"sparsity {config.sparsity:g} ({config.resolved_scope}) in "
+            f"{extra['mask_seconds']:.1f} s")
         return extra
 
     def finish(results, model):
         return final_mask_facts(results, model, extra.get("collapsed_layers", []), dissipating)
 
     return train(config, callbacks=([dissipating] if dissipating is not None else [])
-                 + list(callbacks), prepare=prepare, finish=finish)
+                 + list(callbacks), prepare=prepare, finish=finish, announce=BINARY)
 
 
 run = prune_init  # every experiment driver has run(config)

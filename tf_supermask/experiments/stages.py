@@ -41,6 +41,7 @@ from tf_supermask.layers import get_masks, masked_layers
 from tf_supermask.sparsity import MASK_FILE, Mask
 from tf_supermask.training import run_dir as run_dir_lib
 from tf_supermask.training.config import RUN_CONTROL_FIELDS, TrainConfig
+from tf_supermask.training.records import say
 from tf_supermask.training.run_dir import dataset_stem, default_run_dir  # noqa: F401
 
 # Variables that come from the pruning, not from a trained run.
@@ -73,6 +74,7 @@ class Experiment:
         self.directory = directory
         self.callbacks = list(callbacks)
         self._data = None
+        self.state = None  # "new" or "resume", once entered
 
     @property
     def data(self):
@@ -89,9 +91,16 @@ class Experiment:
         return steps_per_epoch(config or self.config, self.data[0])
 
     def __enter__(self):
-        run_dir_lib.prepare(self.directory, to_flagfile(self.config), self.config.overwrite,
-                            ignore=RUN_CONTROL_FIELDS)
+        self.state = run_dir_lib.prepare(self.directory, to_flagfile(self.config),
+                                         self.config.overwrite, ignore=RUN_CONTROL_FIELDS)
         return self
+
+    def say_start(self, binary, what=""):
+        """Prints the line saying what started (at every ``--verbose``): the binary, the
+        experiment's directory, its model and dataset, and `what` (its levels, arms...)."""
+        say(f"{binary}: {'Resuming' if self.state == 'resume' else 'Starting'} "
+            f"{self.directory}: {self.config.model} on {self.config.dataset}"
+            f"{f', {what}' if what else ''}")
 
     def __exit__(self, *exc_info):
         run_dir_lib.release(self.directory)
@@ -121,12 +130,11 @@ class Experiment:
 
         done = self.finished(name)
         if done is not None:
-            if self.config.verbose:
-                print(f"{name.replace('_', ' ')}: finished earlier, skipped")
+            say(f"{name.replace('_', ' ')}: finished earlier, skipped")
             return dict(done, finished_earlier=True)
         config = dataclasses.replace(config, run_dir=self.path(name), overwrite=False)
         results = train(config, callbacks=self.callbacks + list(callbacks), prepare=prepare,
-                        start_step=start_step, finish=finish, data=self.data)
+                        start_step=start_step, finish=finish, data=self.data, announce=None)
         results.pop("run_dir", None)
         return results
 

@@ -31,6 +31,36 @@ class WeightsRemainingLogger(keras.callbacks.Callback):
             logs[f"weights_remaining/{path}"] = fraction
 
 
+class RunTensorBoard(keras.callbacks.TensorBoard):
+    """Keras's TensorBoard callback with one learning-rate scalar, and the test set named.
+
+    The learning rate is ``epoch_lr``, the rate of each epoch's first step
+    (``records.LearningRateLogger``, the ``lr`` column of metrics.csv); Keras's own
+    ``epoch_learning_rate`` (the rate after the epoch's last step, read from the
+    optimizer) is not written beside it.
+
+    Args:
+      log_dir: the TensorBoard folder.
+      evaluates_test_set: each epoch's evaluation is the test set (no held-out
+        validation split): what Keras writes to ``validation/`` after each evaluation
+        (``evaluation_<metric>_vs_iterations``) goes to ``test/``. (The epoch scalars
+        are named ``epoch_test_<metric>`` by ``records.NameTestEvaluation``.)
+      **kwargs: Keras's TensorBoard arguments.
+    """
+
+    def __init__(self, log_dir, evaluates_test_set=False, **kwargs):
+        super().__init__(log_dir, **kwargs)
+        self.evaluates_test_set = bool(evaluates_test_set)
+
+    def set_model(self, model):
+        super().set_model(model)
+        if self.evaluates_test_set:
+            self._val_dir = os.path.join(self.log_dir, "test")
+
+    def _collect_learning_rate(self, logs):
+        return logs
+
+
 def tensorflow_available():
     """Whether TensorFlow can be imported (SavedModel export needs it)."""
     try:

@@ -14,7 +14,7 @@ from tf_supermask.models import build_model
 from tf_supermask.points import TrainingPoint
 from tf_supermask.training import records as records_lib
 from tf_supermask.training import run_dir as run_dir_lib
-from tf_supermask.training.callbacks import (RunBackup, WeightsRemainingLogger,
+from tf_supermask.training.callbacks import (RunBackup, RunTensorBoard, WeightsRemainingLogger,
                                              check_finite_history, tensorboard_available,
                                              tensorflow_available)
 from tf_supermask.training.config import RUN_CONTROL_FIELDS, PatchesConfig, TrainConfig
@@ -131,24 +131,29 @@ def truncate_metrics(path, epochs_done):
     run_dir_lib.write_atomic(path, "\n".join(kept) + "\n")
 
 
-def _callbacks(run_dir, backup, extra, records=()):
-    # The logger goes first so that CSV and TensorBoard see what it adds; the backup
-    # goes last so that a kill between them at most repeats an epoch's rows, which
-    # truncate_metrics drops on resume.
-    callbacks = list(records) + [WeightsRemainingLogger(), keras.callbacks.TerminateOnNaN(),
-                 records_lib.MetricsCSV(os.path.join(run_dir, METRICS_FILE))]
+def _callbacks(run_dir, backup, extra, records=(), validation_is_test=False, verbose=0):
+    # The loggers go first so that CSV and TensorBoard see what they add (the renaming of
+    # val_* to test_* when the test set is what each epoch evaluates comes before them
+    # all); the backup goes last so that a kill between them at most repeats an epoch's
+    # rows, which truncate_metrics drops on resume; the progress output after it prints
+    # the short epoch line.
+    rename = records_lib.rename_test_keys if validation_is_test else None
+    callbacks = ([records_lib.NameTestEvaluation()] if validation_is_test else []) + list(
+        records) + [WeightsRemainingLogger(), keras.callbacks.TerminateOnNaN(),
+                    records_lib.MetricsCSV(os.path.join(run_dir, METRICS_FILE), rename)]
     if tensorboard_available():
         from tf_supermask.training.callbacks import MaskImageLogger
 
         # Histograms of every variable (scores included), then each mask as an image.
-        callbacks.append(keras.callbacks.TensorBoard(os.path.join(run_dir, "tensorboard"),
-                                                     histogram_freq=1))
+        callbacks.append(RunTensorBoard(os.path.join(run_dir, "tensorboard"),
+                                        evaluates_test_set=validation_is_test, histogram_freq=1))
         callbacks.append(MaskImageLogger(os.path.join(run_dir, "tensorboard")))
     else:  # no TensorFlow (JAX on a GPU machine): the epoch scalars, written by hand
         from tf_supermask.training.events import EpochScalars
 
         callbacks.append(EpochScalars(os.path.join(run_dir, "tensorboard")))
-    return callbacks + list(extra) + [backup]
+    return (callbacks + list(extra) + [backup]
+            + ([records_lib.ShortEpochLine()] if verbose else []))
 
 
 class _SkipBatches(keras.utils.PyDataset):
@@ -186,8 +191,11 @@ def export_saved_model(model, path, normalization=None):
     export_folded(model, path, normalization)
 
 
+BINARY = "tf-supermask-train"
+
+
 def train(config: TrainConfig, callbacks=(), prepare=None, start_step=0, finish=None,
-          data=None):
+          data=None, announce=BINARY):
     """Runs (or resumes) one training run and writes its run directory.
 
     Args:
@@ -214,6 +222,11 @@ def train(config: TrainConfig, callbacks=(), prepare=None, start_step=0, finish=
         writes the final mask this way).
       data: optional ``(dataset, normalization)`` already loaded (``load_data``), so an
         experiment's stages share one load.
+      announce: the binary this run is the whole of (tf-supermask-train,
+        tf-supermask-prune-init): it names it in the line saying what started, and that
+        line and the result line are printed at every ``--verbose``, 0 included. None for
+        a stage of an experiment, whose driver prints its own lines: the stage's banner
+        and result line are then printed only at ``--verbose`` 1 and above.
 
     Returns:
       The results dictionary also written to ``results.json``.
@@ -236,15 +249,16 @@ def train(config: TrainConfig, callbacks=(), prepare=None, start_step=0, finish=
     try:
         with fused.switched(config.fused_kernels) as fused_ran:  # --fused_kernels, this run
             results = _train_locked(config, run_dir, state, flagfile, dataset, normalization,
-                                    strategy, callbacks, prepare, start_step, finish, fused_ran)
+                                    strategy, callbacks, prepare, start_step, finish, fused_ran,
+                                    announce)
     finally:
         run_dir_lib.release(run_dir)
     if run_dir != chief_run_dir:  # a non-chief worker's copy
         shutil.rmtree(run_dir, ignore_errors=True)
         run_dir = chief_run_dir
-    if config.verbose:
-        print(f"test accuracy {results['test_accuracy']:.4f}, weights remaining "
-              f"{results['weights_remaining']:.4f}; results in {run_dir}")
+    if config.verbose or announce:
+        records_lib.say(f"test accuracy {results['test_accuracy']:.4f}, weights remaining "
+                        f"{results['weights_remaining']:.4f}; results in {run_dir}")
     results["run_dir"] = run_dir
     return results
 
@@ -263,7 +277,7 @@ def _fused_ran(model, traced, nothing_trained):
 
 
 def _train_locked(config, run_dir, state, flagfile, dataset, normalization, strategy, callbacks,
-                  prepare, start_step=0, finish=None, fused_ran=lambda: False):
+                  prepare, start_step=0, finish=None, fused_ran=lambda: False, announce=None):
     """train() once `run_dir` is locked and `state` ("new", "resume", "replace") decided;
     `fused_ran()` tells whether the fused mask kernels ran (``fused.switched``)."""
     keras.utils.set_random_seed(config.seed)
@@ -271,8 +285,13 @@ def _train_locked(config, run_dir, state, flagfile, dataset, normalization, stra
         keras.mixed_precision.set_global_policy(
             "mixed_float16" if keras.backend.backend() == "tensorflow" else "mixed_bfloat16")
     train_batches, validation_batches, test_batches = make_batches(config, dataset, normalization)
+    validation_is_test = validation_batches is test_batches
     steps_per_epoch = len(train_batches)  # at most config.steps_per_epoch
     model = create_model(config, dataset, steps_per_epoch, strategy)
+    images = f"on {dataset.name} ({dataset.source}), {len(dataset.x_train)} training images"
+    if announce and prepare is not None:  # what started, before the mask is chosen
+        records_lib.say(f"{announce}: {'Resuming' if state == 'resume' else 'Starting'} "
+                        f"{run_dir}: {config.model} {images}")
     if start_step:
         from tf_supermask.training.optim import shifted_learning_rate
 
@@ -296,15 +315,18 @@ def _train_locked(config, run_dir, state, flagfile, dataset, normalization, stra
     backup = RunBackup(os.path.join(run_dir, BACKUP_DIR))
     with strategy_scope(strategy):  # the optimizer's variables are built under it
         epochs_done = backup.restore(model)
+    if validation_is_test:  # a backup written before the test set was named test_*
+        records_lib.rename_test_keys(backup.history)
     truncate_metrics(os.path.join(run_dir, METRICS_FILE), epochs_done)
     if not epochs_done:  # event files of failed attempts would show their epochs twice
         shutil.rmtree(os.path.join(run_dir, "tensorboard"), ignore_errors=True)
-    if config.verbose:
-        print(f"{'Resuming' if epochs_done else 'Starting'} {run_dir}"
+    banner = (f"{'Resuming' if epochs_done else 'Starting'} {run_dir}"
               f"{f' after epoch {epochs_done}' if epochs_done else ''}: {config.model} "
-              f"{records_lib.mask_summary(config.mask, config.k, model)} on {dataset.name} "
-              f"({dataset.source}), "
-              f"{len(dataset.x_train)} training images")
+              f"{records_lib.mask_summary(config.mask, config.k, model)} {images}")
+    if announce and prepare is None:  # the banner is the line saying what started
+        records_lib.say(f"{announce}: {banner}")
+    elif config.verbose:
+        print(banner)
     # Epochs are numbered as in an uninterrupted run from step 0; with start_step
     # inside an epoch, that epoch trains only its last batches.
     first_epoch, skip = TrainingPoint("step", start_step).epoch_and_batch(steps_per_epoch)
@@ -312,12 +334,13 @@ def _train_locked(config, run_dir, state, flagfile, dataset, normalization, stra
         first_epoch, skip = int(extra_results["start_epoch"]), 0
     epoch = max(epochs_done, first_epoch)
     # The learning rate and (with a held-out validation split) the test accuracy of each
-    # epoch go into metrics.csv, TensorBoard and the history.
+    # epoch go into metrics.csv, TensorBoard and the history; without one, what Keras
+    # calls val_* (the test set's figures) is named test_*.
     records = [records_lib.LearningRateLogger()]
-    if validation_batches is not test_batches:
+    if not validation_is_test:
         records.append(records_lib.TestAccuracyLogger(test_batches))
-    fit_callbacks = (_callbacks(run_dir, backup, callbacks, records) if epoch < config.epochs
-                     else [])
+    fit_callbacks = (_callbacks(run_dir, backup, callbacks, records, validation_is_test,
+                                config.verbose) if epoch < config.epochs else [])
     while epoch < config.epochs:
         partial = skip if epoch == first_epoch else 0
         last = epoch + 1 if partial else config.epochs
@@ -359,7 +382,7 @@ def _train_locked(config, run_dir, state, flagfile, dataset, normalization, stra
                           "std": [float(v) for v in np.atleast_1d(normalization[1])]},
     }
     results.update(records_lib.best_epoch_results(
-        backup.history, config.epochs, validation_is_test=validation_batches is test_batches))
+        backup.history, config.epochs, validation_is_test=validation_is_test))
     results.update(extra_results)
     if finish is not None:
         results.update(finish(dict(results, run_dir=run_dir), model) or {})
