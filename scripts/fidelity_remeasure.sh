@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Re-measures the edge-popup fidelity figures (README "Fidelity"): fc 784-300-100-10 on full
+# Re-measures the edge-popup fidelity figures (docs/fidelity.md): fc 784-300-100-10 on full
 # Fashion-MNIST (10 epochs, seeds 0-2), the reduced CIFAR-10 conv4 check (width 0.25,
 # 10,000 training images, 30 epochs, seeds 0-1), the quickstart, and seed 0 of fc with the
 # rules of before issue 23 (Keras's momentum rule, round(k n) kept). Needs the offline .npz

@@ -10,7 +10,7 @@ import tf_supermask
 
 PACKAGE_DIR = os.path.dirname(tf_supermask.__file__)
 
-# Lower rank first; a folder may import its own rank or lower (README "Architecture").
+# Lower rank first; a folder may import its own rank or lower (docs/architecture.md).
 RANKS = {"": 0, "layers": 1, "data": 1, "models": 2, "export": 3, "training": 4, "pruning": 5,
          "experiments": 6, "tools": 7, "bin": 8}
 

@@ -1,5 +1,5 @@
 """tfmot's Keras pruning API on Keras 3 models: prune_low_magnitude, GradualPruning,
-strip_pruning, and the tfmot translation in the README."""
+strip_pruning, and the tfmot translation in docs/models.md."""
 
 import doctest
 import glob
@@ -16,7 +16,7 @@ from tf_supermask.pruning import (GradualPruning, layer_sparsity, prune_low_magn
                                   pruning_schedule, strip_pruning, tfmot_schedules)
 from tf_supermask.pruning.gradual import evaluate_schedule
 
-DOC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
+DOC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "models.md")
 
 
 def _cnn():

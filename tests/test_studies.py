@@ -207,7 +207,7 @@ def test_a_tiny_study_end_to_end_through_the_installed_binary(tmp_path):
     index = _study(["table", "all", f"--study_file={spec}", "--root=records"], tmp_path)
     assert index.returncode == 0, index.stderr
     readme = (tmp_path / "records" / "README.md").read_text()
-    assert "| tiny | cpu (reduced) | 2/2 | 4/4 |" in readme
+    assert "| tiny | cpu (reduced) | 2/2 | 4/4 | " in readme and "(4 timed)" in readme
     assert "| lth | full | 0/4 | 0 | - | not run yet |" in readme
 
     # A record made with other flags than the study's today is stale: shown, not counted,

@@ -1,6 +1,6 @@
 """The sparsity vocabulary, the ``Mask`` value, and how a rate is spread over layers.
 
-Words (README "Sparsity words" says the same):
+Words (docs/architecture.md, "Sparsity words", says the same):
 
 - **density**: the fraction of weights KEPT (a layer's, or all masked weights').
   Edge-popup's ``k`` (``--k``) is a density.

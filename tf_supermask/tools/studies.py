@@ -414,7 +414,7 @@ def table_rows(study: Study, scale: str, states: Sequence[CellState]) -> List[Di
                "max": _fmt(max(values)) if values else "",
                "published": _fmt(ref.value, 1) if ref else "",
                "tolerance": _fmt(ref.tolerance, 1) if ref and ref.tolerance is not None else "",
-               "source": ref.source if ref else "none given in MISSION.md"}
+               "source": ref.source if ref else "no published number for this cell"}
         rows.append(row)
     return rows
 
@@ -511,8 +511,8 @@ def write_index(all_studies: Mapping[str, Study], root: str, scales: Sequence[st
              "metrics.csv, walls.json) by `tf-supermask-study table all "
              f"--root={root}`; do not edit. `cpu` is a reduced setting; `full` is the "
              "paper's schedule.", "",
-             "| study | scale | cells with a run | runs finished | wall time of the finished "
-             "runs | table |", "| --- | --- | ---: | ---: | ---: | --- |"]
+             "| study | scale | cells with a run | runs finished | wall time per run (mean) "
+             "| table |", "| --- | --- | ---: | ---: | ---: | --- |"]
     paths = []
     for study in all_studies.values():
         for scale in scales:
@@ -528,13 +528,15 @@ def write_index(all_studies: Mapping[str, Study], root: str, scales: Sequence[st
             walls = _wall_seconds(output)
             jobs = unique_jobs(study_runs(study, scale))
             done = [job for job in jobs if _run_state(output, job) == "done"]
-            seconds = sum(walls.get(job.name) or batch._number(
-                batch.read_results(output, job).get("train_seconds")) or 0 for job in done)
+            timed = [seconds for seconds in (walls.get(job.name) or batch._number(
+                batch.read_results(output, job).get("train_seconds")) for job in done)
+                if seconds]
             with_run = sum(bool(state.values) for state in states)
             link = os.path.relpath(os.path.join(output, "table.md"), root)
+            per_run = (f"{batch.format_seconds(sum(timed) / len(timed))} ({len(timed)} timed)"
+                       if timed else "-")
             lines.append(f"| {study.name} | {scale_label(scale)} | {with_run}/{len(states)} | "
-                         f"{len(done)}/{len(jobs)} | {batch.format_seconds(seconds)} | "
-                         f"[{link}]({link}) |")
+                         f"{len(done)}/{len(jobs)} | {per_run} | [{link}]({link}) |")
     path = os.path.join(root, "README.md")
     write_atomic(path, "\n".join(lines) + "\n")
     return paths + [path]
