@@ -181,6 +181,7 @@ def test_a_tiny_study_end_to_end_through_the_installed_binary(tmp_path):
     rows = list(csv.DictReader(open(output / "table.csv")))
     assert [row["cell"] for row in rows] == ["model=fc k=0.3", "model=fc k=0.7"]
     assert rows[0]["published"] == "50.0" and rows[0]["scale"] == "cpu (reduced)"
+    assert 25 < float(rows[0]["weights_remaining"]) < 35  # k = 0.3 of each layer kept
     assert 0 <= float(rows[0]["min"]) <= float(rows[0]["mean"]) <= float(rows[0]["max"]) <= 100
     assert (output / "table.png").stat().st_size > 0
 

@@ -246,6 +246,7 @@ class CellState:
     seconds: List[float]  # wall or train seconds of finished runs
     reference: Optional[Reference]
     stale: int = 0  # finished with other flags than the study's today: not counted
+    remaining: List[float] = dataclasses.field(default_factory=list)  # weights remaining, %
 
     @property
     def total(self) -> int:
@@ -325,6 +326,9 @@ def cell_states(study: Study, scale: str, root: str, seeds=None, only: str = "")
             value = as_percent(read_metric(results, run.cell.metric))
             if value is not None:
                 state.values.append(value)
+            remaining = batch._number(results.get("weights_remaining"))
+            if remaining is not None:
+                state.remaining.append(100 * remaining)
             seconds = walls.get(run.job.name) or batch._number(results.get("train_seconds"))
             if seconds:
                 state.seconds.append(seconds)
@@ -367,7 +371,7 @@ def with_best_rows(study: Study, scale: str, states: Sequence[CellState]) -> Lis
         cell = dataclasses.replace(members[0].cell, axes=axes, flags=(), published={})
         rows.append(CellState(cell, list(best.values) if best else [],
                               best.done if best else 0, 0, 0 if best else 1,
-                              [], reference))
+                              [], reference, remaining=list(best.remaining) if best else []))
     return rows
 
 
@@ -395,8 +399,8 @@ def estimate_seconds_left(study: Study, scale: str, root: str, seeds=None, only:
 
 # Tables and checks.
 
-TABLE_FIELDS = ("cell", "scale", "seeds", "mean", "min", "max", "published", "tolerance",
-                "source")
+TABLE_FIELDS = ("cell", "scale", "seeds", "mean", "min", "max", "weights_remaining",
+                "published", "tolerance", "source")
 
 
 def _fmt(value: Optional[float], digits: int = 2) -> str:
@@ -412,6 +416,8 @@ def table_rows(study: Study, scale: str, states: Sequence[CellState]) -> List[Di
                "mean": _fmt(sum(values) / len(values)) if values else "",
                "min": _fmt(min(values)) if values else "",
                "max": _fmt(max(values)) if values else "",
+               "weights_remaining": (_fmt(sum(state.remaining) / len(state.remaining), 1)
+                                     if state.remaining else ""),
                "published": _fmt(ref.value, 1) if ref else "",
                "tolerance": _fmt(ref.tolerance, 1) if ref and ref.tolerance is not None else "",
                "source": ref.source if ref else "no published number for this cell"}
@@ -429,17 +435,19 @@ def table_markdown(study: Study, scale: str, rows: Sequence[Dict[str, str]],
         lines += ["**Reduced setting:** shorter training than the paper's; published numbers "
                   "are shown for orientation, and only cells that declare a tolerance at this "
                   "scale are checked.", ""]
-    lines += [f"Metric: percent, mean and min-max over the finished seeds. Regenerate with "
+    lines += [f"Metric: percent, mean and min-max over the finished seeds; `kept`: the "
+              "weights remaining at the end (percent, mean; a method that stops short of its "
+              "target sparsity shows it here). Regenerate with "
               f"`tf-supermask-study table {study.name} --scale={scale}`.", "",
               ] + ([f"{stale} finished runs were made with other flags than the study's "
                     "today (stale) and are not counted; `tf-supermask-study status` names "
                     "them.", ""] if stale else []) + [
-              "| cell | seeds | mean | min-max | published | tolerance | source |",
-              "| --- | ---: | ---: | --- | ---: | ---: | --- |"]
+              "| cell | seeds | mean | min-max | kept | published | tolerance | source |",
+              "| --- | ---: | ---: | --- | ---: | ---: | ---: | --- |"]
     for row in rows:
         spread = f"{row['min']}-{row['max']}" if row["mean"] else "-"
         lines.append(f"| {row['cell']} | {row['seeds']} | {row['mean'] or '-'} | {spread} | "
-                     f"{row['published'] or '-'} | {row['tolerance'] or '-'} | "
+                     f"{row['weights_remaining'] or '-'} | {row['published'] or '-'} | {row['tolerance'] or '-'} | "
                      f"{row['source'].replace('|', '/')} |")
     return "\n".join(lines) + "\n"
 
@@ -510,7 +518,8 @@ def write_index(all_studies: Mapping[str, Study], root: str, scales: Sequence[st
              "Each table is made from the run records beside it (results.json, flags.txt, "
              "metrics.csv, walls.json) by `tf-supermask-study table all "
              f"--root={root}`; do not edit. `cpu` is a reduced setting; `full` is the "
-             "paper's schedule.", "",
+             "paper's schedule. Wall time per run: the batch runner's measure, or a "
+             "record's `train_seconds` where the runner did not time the whole run.", "",
              "| study | scale | cells with a run | runs finished | wall time per run (mean) "
              "| table |", "| --- | --- | ---: | ---: | ---: | --- |"]
     paths = []
