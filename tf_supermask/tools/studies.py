@@ -779,7 +779,7 @@ def validate_runs(runs: Sequence[StudyRun]) -> List[str]:
 # Fields that say where and how a run executed, not what it computes: a GPU window adds
 # --data_dir, a cluster another --strategy.
 EXECUTION_FIELDS = RUN_CONTROL_FIELDS + ("data_dir", "strategy", "jit_compile")
-_EXPECTED: Dict[Tuple, Dict[str, str]] = {}
+_EXPECTED: Dict[Tuple, Tuple[Dict[str, str], Dict[str, str]]] = {}
 
 
 def _flag_text(value) -> str:
@@ -797,9 +797,10 @@ def _same_flag(a, b) -> bool:
         return str(a).lower() == str(b).lower()
 
 
-def expected_flags(job: batch.Job) -> Dict[str, str]:
-    """{flag: text} that decide what the job computes (execution fields left out), with
-    the defaults of fields a flags.txt may lack (written before the field existed)."""
+def expected_flags(job: batch.Job) -> Tuple[Dict[str, str], Dict[str, str]]:
+    """({flag: text} that decide what the job computes (execution fields left out),
+    {field: default text} for fields a flags.txt may lack (written before the field
+    existed))."""
     key = (job.binary, job.flagfile_path, tuple(job.flags))
     if key not in _EXPECTED:
         from tf_supermask.config import to_flagfile
